@@ -1,0 +1,7 @@
+"""pplr_fast — fast, exact PPLR (Part-based Pseudo Label Refinement, CVPR 2022).
+
+Data flows one way: images -> features (``pplr_fast.models``) -> clustering
+stage (``pplr_fast.cluster``) -> pseudo-labels and agreement scores -> losses
+(``pplr_fast.losses``) -> model.  See ../SPEC (shared/SPEC.md) for every formula.
+"""
+__version__ = "0.1.0"

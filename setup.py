@@ -1,0 +1,76 @@
+"""pplr_fast: a fast, exact PPLR (CVPR 2022) trainer.
+
+Layout (see README):
+  pplr_fast/   the Python package (trainer, reference path, dispatch)
+  kernels/     Triton GPU kernels, installed as ``pplr_fast.kernels``
+  csrc/        C++/CUDA sources: ``csrc/<op>.cpp`` is the pybind11 entry of one
+               op, ``csrc/cpu/<op>_cpu.cpp`` its OpenMP body (built here, one
+               extension ``pplr_fast._<op>`` per op), ``csrc/cuda/<op>_cuda.cu``
+               its CUDA body (compiled at run time by CuPy/NVRTC, shipped as data).
+"""
+import os
+import sys
+from glob import glob
+
+from setuptools import setup
+
+try:
+    from pybind11.setup_helpers import Pybind11Extension, build_ext
+except ImportError:  # pragma: no cover - pyproject.toml lists pybind11
+    sys.exit("pplr_fast: building needs pybind11 (pip install pybind11), "
+             "or install with pip, which reads pyproject.toml.")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cpu_extensions():
+    """One extension per op: csrc/<op>.cpp + csrc/cpu/<op>_cpu.cpp."""
+    flags = ["-O3", "-fopenmp", "-std=c++17", "-fno-math-errno"]
+    # Kernels are built on the machine that runs them (pip install -e .), so
+    # tune for it; PPLR_FAST_PORTABLE=1 builds a generic x86-64/arm binary.
+    if os.environ.get("PPLR_FAST_PORTABLE", "0") != "1":
+        flags.append("-march=native")
+    exts = []
+    for entry in sorted(glob(os.path.join("csrc", "*.cpp"))):
+        op = os.path.splitext(os.path.basename(entry))[0]
+        body = os.path.join("csrc", "cpu", f"{op}_cpu.cpp")
+        sources = [entry] + ([body] if os.path.exists(body) else [])
+        exts.append(Pybind11Extension(
+            f"pplr_fast._{op}", sources,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args=flags, extra_link_args=["-fopenmp"],
+        ))
+    return exts
+
+
+setup(
+    name="pplr_fast",
+    version="0.1.0",
+    description="Fast, exact Part-based Pseudo Label Refinement (PPLR) for "
+                "unsupervised person re-identification",
+    python_requires=">=3.9",
+    packages=["pplr_fast", "pplr_fast.cluster", "pplr_fast.data",
+              "pplr_fast.models", "pplr_fast.losses", "pplr_fast.utils",
+              "pplr_fast.kernels", "pplr_fast.csrc_cuda"],
+    package_dir={"pplr_fast.kernels": "kernels",
+                 "pplr_fast.csrc_cuda": os.path.join("csrc", "cuda")},
+    package_data={"pplr_fast.csrc_cuda": ["*.cu", "*.cuh"]},
+    ext_modules=cpu_extensions(),
+    cmdclass={"build_ext": build_ext},
+    # torch is pinned by the README's install command (torch==2.13.0, the CPU
+    # build on a CPU machine); here any recent torch is accepted so that a GPU
+    # user's CUDA torch is kept.
+    install_requires=["torch>=2.3", "numpy", "pillow", "tqdm", "matplotlib"],
+    extras_require={
+        # scikit-learn is the DBSCAN oracle of the tests, never used at run time.
+        "test": ["pytest>=7", "scikit-learn", "triton>=3.0"],
+        # GPU kernels: Triton (bundled with CUDA torch on Linux), CuPy compiles
+        # csrc/cuda/*.cu at run time, faiss-gpu optionally serves kNN.
+        "gpu": ["triton>=3.0", "cupy-cuda12x"],
+        "faiss": ["faiss-cpu"],
+    },
+    entry_points={"console_scripts": [
+        "pplr-train=pplr_fast.train:main",
+        "pplr-evaluate=pplr_fast.evaluate:main",
+    ]},
+)

@@ -1,0 +1,31 @@
+"""Test setup shared by every test module.
+
+Triton kernels run on the CPU through the Triton interpreter in CI; the
+interpreter must be switched on before the first ``@triton.jit`` runs, so this
+happens here, before any test module imports ``pplr_fast.kernels``.  On a GPU
+machine run the tests with ``PPLR_TEST_GPU=1`` to execute the kernels for real.
+"""
+import os
+
+if os.environ.get("PPLR_TEST_GPU", "0") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def rng():
+    """A seeded numpy Generator, fresh per test."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def device():
+    """The device kernels are tested on: CUDA when PPLR_TEST_GPU=1, else CPU."""
+    if os.environ.get("PPLR_TEST_GPU", "0") == "1":
+        return torch.device("cuda")
+    return torch.device("cpu")
