@@ -1,0 +1,98 @@
+"""Independent brute-force implementations, written straight from SPEC §2.
+
+Plain Python sets and float64 loops: slow, obvious, and sharing no code with
+``pplr_fast.cluster``. Used by the reference and fast-backend tests.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+
+def ranked_lists(x: np.ndarray, exclude_self: bool = False) -> list[list[int]]:
+    """Every row's other rows sorted by (squared distance, index), float64."""
+    d = 2 - 2 * (x @ x.T)
+    n = len(x)
+    return [sorted((j for j in range(n) if not (exclude_self and j == i)),
+                   key=lambda j: (d[i, j], j)) for i in range(n)]
+
+
+def brute_jaccard(x: torch.Tensor, k1: int, k2: int) -> np.ndarray:
+    """SPEC §2.1, literally."""
+    X = x.double().numpy()
+    n = len(X)
+    d = 2 - 2 * (X @ X.T)
+    rank = [r[:k1] for r in ranked_lists(X)]
+
+    def F(i, k):
+        return rank[i][:min(k + 1, k1)]
+
+    def R(i, k):
+        return {j for j in F(i, k) if i in F(j, k)}
+
+    half = round(k1 / 2)
+    V = np.zeros((n, n))
+    for i in range(n):
+        Ri = R(i, k1)
+        E = set(Ri)
+        for c in Ri:
+            Rc = R(c, half)
+            if len(Rc & Ri) > Fraction(2, 3) * len(Rc):
+                E |= Rc
+        if E:
+            w = {j: math.exp(-d[i, j]) for j in E}
+            total = sum(w.values())
+            for j, wj in w.items():
+                V[i, j] = wj / total
+    if k2 > 1:
+        V = np.stack([np.mean([V[j] for j in rank[i][:k2]], axis=0) for i in range(n)])
+    out = np.ones((n, n))
+    for i in range(n):
+        for j in range(n):
+            m = sum(min(V[i, l], V[j, l]) for l in range(n) if V[i, l] > 0 and V[j, l] > 0)
+            out[i, j] = max(0.0, 1 - m / (2 - m))
+    return out
+
+
+def brute_cross_agreement(x_g: torch.Tensor, x_p: torch.Tensor, k: int) -> np.ndarray:
+    """SPEC §2.3 with Python sets."""
+    g = [set(r[:k]) for r in ranked_lists(x_g.double().numpy(), exclude_self=True)]
+    n, _, parts = x_p.shape
+    out = np.zeros((n, parts))
+    for p in range(parts):
+        lists = ranked_lists(x_p[:, :, p].double().numpy(), exclude_self=True)
+        for i in range(n):
+            s = set(lists[i][:k])
+            union = g[i] | s
+            out[i, p] = len(g[i] & s) / len(union) if union else 0.0
+    return out
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def clustered_features(n: int, dim: int, groups: int, spread: float, seed: int,
+                       duplicates: int = 0) -> torch.Tensor:
+    """Identity-structured features: ``groups`` centres plus noise; a few exact copies."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(groups, dim, generator=g)
+    x = centres[torch.randint(0, groups, (n,), generator=g)] + spread * torch.randn(n, dim, generator=g)
+    x = normalize(x)
+    for t in range(duplicates):
+        x[(7 * t + 3) % n] = x[(5 * t + 1) % n]
+    return x
+
+
+def lattice_features(n: int, dim: int, seed: int) -> torch.Tensor:
+    """Rows e_a or (e_a + e_b)/sqrt(2): many exactly tied distances in any precision."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, dim)
+    for i in range(n):
+        a, b = torch.randint(0, dim, (2,), generator=g).tolist()
+        x[i, a] += 1
+        x[i, b] += 1 if i % 2 else 0
+    return normalize(x)
