@@ -105,15 +105,19 @@ def jaccard_from_encoding(vq: torch.Tensor) -> torch.Tensor:
     out = torch.empty(n, n, dtype=torch.float32, device=vq.device)
     for i in range(n):
         lo, hi = int(row_ptr[i]), int(row_ptr[i + 1])
+        if lo == hi:                            # empty V' row: shares nothing
+            out[i] = 1
+            continue
         support, weight = cols[lo:hi], vals[lo:hi]
         starts, lengths = col_ptr[support], col_ptr[support + 1] - col_ptr[support]
-        offsets = torch.cumsum(lengths, 0) - lengths
-        within = torch.arange(int(lengths.sum()), device=vq.device) \
-            - torch.repeat_interleave(offsets, lengths)
-        posting = torch.repeat_interleave(starts, lengths) + within
+        ends = torch.cumsum(lengths, 0)         # every posting holds row i: lengths >= 1
+        segment = torch.zeros(int(ends[-1]), dtype=torch.int64, device=vq.device)
+        segment[ends[:-1]] = 1
+        segment = torch.cumsum(segment, 0)      # which support column each slot serves
+        slot = torch.arange(segment.numel(), device=vq.device)
+        posting = starts[segment] + slot - (ends - lengths)[segment]
         m = torch.zeros(n, dtype=torch.float32, device=vq.device)
-        m.index_add_(0, post_rows[posting],
-                     torch.minimum(post_vals[posting], torch.repeat_interleave(weight, lengths)))
+        m.index_add_(0, post_rows[posting], torch.minimum(post_vals[posting], weight[segment]))
         out[i] = 1 - m / (2 - m)
     return out.clamp_(min=0)
 

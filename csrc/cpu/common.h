@@ -1,0 +1,66 @@
+// Helpers shared by the CPU kernels of pplr_fast (header-only).
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace pplr {
+
+namespace py = pybind11;
+
+template <typename T>
+using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// A fresh C-contiguous numpy array of the given shape.
+template <typename T>
+Array<T> new_array(std::vector<py::ssize_t> shape) {
+    return Array<T>(shape);
+}
+
+inline void require(bool ok, const std::string& message) {
+    if (!ok) throw std::invalid_argument(message);
+}
+
+// Dot product of two fp32 rows in a fixed summation order (16 interleaved
+// partial sums, then a fixed tree): the same inputs always give the same bits,
+// whichever row pair, thread or call computes them.
+inline float dot(const float* a, const float* b, int64_t d) {
+    float acc[16] = {0};
+    int64_t t = 0;
+    for (; t + 16 <= d; t += 16) {
+#pragma omp simd
+        for (int u = 0; u < 16; ++u) acc[u] += a[t + u] * b[t + u];
+    }
+    for (int u = 0; t < d; ++t, ++u) acc[u] += a[t] * b[t];
+    for (int w = 8; w > 0; w /= 2)
+        for (int u = 0; u < w; ++u) acc[u] += acc[u + w];
+    return acc[0];
+}
+
+// The project's distance between L2-normalised rows: 2 - 2 <a, b>.
+inline float sq_distance(const float* a, const float* b, int64_t d) {
+    return 2.0f - 2.0f * dot(a, b, d);
+}
+
+// CSR with int64 row pointers and columns, float values.
+struct Csr {
+    std::vector<int64_t> crow, col;
+    std::vector<float> val;
+};
+
+inline py::tuple csr_to_numpy(Csr&& m) {
+    auto crow = new_array<int64_t>({(py::ssize_t)m.crow.size()});
+    auto col = new_array<int64_t>({(py::ssize_t)m.col.size()});
+    auto val = new_array<float>({(py::ssize_t)m.val.size()});
+    std::copy(m.crow.begin(), m.crow.end(), crow.mutable_data());
+    std::copy(m.col.begin(), m.col.end(), col.mutable_data());
+    std::copy(m.val.begin(), m.val.end(), val.mutable_data());
+    return py::make_tuple(crow, col, val);
+}
+
+}  // namespace pplr

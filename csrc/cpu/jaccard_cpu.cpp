@@ -1,0 +1,229 @@
+#include "jaccard_cpu.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace pplr {
+
+namespace {
+
+// Rows of `rank` (n x K): is i among the first len entries of row j?
+inline bool listed(const int64_t* rank, int64_t K, int64_t j, int64_t i, int64_t len) {
+    const int64_t* r = rank + j * K;
+    for (int64_t t = 0; t < len; ++t)
+        if (r[t] == i) return true;
+    return false;
+}
+
+// R(i, k) for list length len = min(k + 1, K): the reciprocal entries of F(i, k).
+void reciprocal(const int64_t* rank, int64_t K, int64_t i, int64_t len,
+                std::vector<int64_t>& out) {
+    out.clear();
+    for (int64_t t = 0; t < len; ++t) {
+        const int64_t j = rank[i * K + t];
+        if (listed(rank, K, j, i, len)) out.push_back(j);
+    }
+}
+
+struct Row {
+    std::vector<int64_t> col;
+    std::vector<float> val;
+};
+
+Csr flatten(std::vector<Row>& rows) {
+    Csr m;
+    m.crow.assign(rows.size() + 1, 0);
+    for (size_t i = 0; i < rows.size(); ++i) m.crow[i + 1] = m.crow[i] + rows[i].col.size();
+    m.col.resize(m.crow.back());
+    m.val.resize(m.crow.back());
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < (int64_t)rows.size(); ++i) {
+        std::copy(rows[i].col.begin(), rows[i].col.end(), m.col.begin() + m.crow[i]);
+        std::copy(rows[i].val.begin(), rows[i].val.end(), m.val.begin() + m.crow[i]);
+        rows[i] = Row();
+    }
+    return m;
+}
+
+// A dense accumulator that remembers which slots it touched (all additions
+// are > 0, so a zero slot is an untouched one).
+struct Accumulator {
+    std::vector<float> sum;
+    std::vector<int64_t> touched;
+    explicit Accumulator(int64_t n) : sum(n, 0.0f) {}
+    inline void add(int64_t j, float v) {
+        if (sum[j] == 0.0f) touched.push_back(j);
+        sum[j] += v;
+    }
+};
+
+}  // namespace
+
+Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_t K,
+               int64_t k1, int64_t half, int64_t k2) {
+    const int64_t len1 = std::min(k1, K), len_half = std::min(half + 1, K);
+    // R(c, half) for every c, stored n x len_half with counts.
+    std::vector<int64_t> r_half(n * len_half), r_half_size(n);
+#pragma omp parallel
+    {
+        std::vector<int64_t> buf;
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < n; ++c) {
+            reciprocal(rank, K, c, len_half, buf);
+            std::copy(buf.begin(), buf.end(), r_half.begin() + c * len_half);
+            r_half_size[c] = buf.size();
+        }
+    }
+    std::vector<Row> v(n);
+#pragma omp parallel
+    {
+        std::vector<int64_t> r1, e;
+        std::vector<uint8_t> in_r1(n, 0);
+        std::vector<float> dist;
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = 0; i < n; ++i) {
+            reciprocal(rank, K, i, len1, r1);
+            for (int64_t j : r1) in_r1[j] = 1;
+            e.assign(r1.begin(), r1.end());
+            for (int64_t c : r1) {
+                const int64_t* rc = r_half.data() + c * len_half;
+                const int64_t size = r_half_size[c];
+                int64_t overlap = 0;
+                for (int64_t t = 0; t < size; ++t) overlap += in_r1[rc[t]];
+                if (3 * overlap > 2 * size) e.insert(e.end(), rc, rc + size);
+            }
+            for (int64_t j : r1) in_r1[j] = 0;
+            std::sort(e.begin(), e.end());
+            e.erase(std::unique(e.begin(), e.end()), e.end());
+            if (e.empty()) continue;
+            // softmax of -d over E(i), shifted by the smallest distance
+            dist.resize(e.size());
+            float lowest = INFINITY;
+            for (size_t t = 0; t < e.size(); ++t) {
+                dist[t] = sq_distance(x + i * d, x + e[t] * d, d);
+                lowest = std::min(lowest, dist[t]);
+            }
+            float total = 0.0f;
+            for (float& w : dist) total += (w = std::exp(lowest - w));
+            v[i].col = e;
+            v[i].val.resize(e.size());
+            for (size_t t = 0; t < e.size(); ++t) v[i].val[t] = dist[t] / total;
+        }
+    }
+    if (k2 <= 1) return flatten(v);
+
+    // query expansion: V'[i] = mean of V[rank[i, t]] for t < k2
+    const int64_t len2 = std::min(k2, K);
+    std::vector<Row> vq(n);
+#pragma omp parallel
+    {
+        Accumulator acc(n);
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t t = 0; t < len2; ++t) {
+                const Row& src = v[rank[i * K + t]];
+                for (size_t p = 0; p < src.col.size(); ++p) acc.add(src.col[p], src.val[p]);
+            }
+            std::sort(acc.touched.begin(), acc.touched.end());
+            Row& out = vq[i];
+            out.col = acc.touched;
+            out.val.resize(out.col.size());
+            for (size_t p = 0; p < out.col.size(); ++p) {
+                out.val[p] = acc.sum[out.col[p]] / static_cast<float>(len2);
+                acc.sum[out.col[p]] = 0.0f;
+            }
+            acc.touched.clear();
+        }
+    }
+    return flatten(vq);
+}
+
+Csr jaccard_cpu(const int64_t* crow, const int64_t* col, const float* val, int64_t n,
+                double cutoff) {
+    const int64_t nnz = crow[n];
+    // inverted index: for each column, the rows (ascending) holding it
+    std::vector<int64_t> cptr(n + 1, 0), prow(nnz);
+    std::vector<float> pval(nnz);
+    for (int64_t p = 0; p < nnz; ++p) ++cptr[col[p] + 1];
+    std::partial_sum(cptr.begin(), cptr.end(), cptr.begin());
+    {
+        std::vector<int64_t> cursor(cptr.begin(), cptr.end() - 1);
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
+                const int64_t q = cursor[col[p]]++;
+                prow[q] = i;
+                pval[q] = val[p];
+            }
+    }
+    // upper triangle (j >= i), row by row, with a dense accumulator per thread
+    struct Pair { int64_t i, j; float d; };
+    const int threads = omp_get_max_threads();
+    std::vector<std::vector<Pair>> found(threads);
+#pragma omp parallel
+    {
+        Accumulator acc(n);
+        std::vector<Pair>& mine = found[omp_get_thread_num()];
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
+                const int64_t l = col[p];
+                const float v = val[p];
+                const int64_t* first = prow.data() + cptr[l];
+                const int64_t* last = prow.data() + cptr[l + 1];
+                for (const int64_t* q = std::lower_bound(first, last, i); q < last; ++q)
+                    acc.add(*q, std::min(v, pval[q - prow.data()]));
+            }
+            for (int64_t j : acc.touched) {
+                const float m = acc.sum[j];
+                acc.sum[j] = 0.0f;
+                const float dist = std::max(0.0f, 1.0f - m / (2.0f - m));
+                if (cutoff < 0 || dist <= cutoff) mine.push_back({i, j, dist});
+            }
+            acc.touched.clear();
+        }
+    }
+    // mirror into a symmetric CSR with sorted columns
+    Csr out;
+    out.crow.assign(n + 1, 0);
+    for (const auto& part : found)
+        for (const Pair& e : part) {
+            ++out.crow[e.i + 1];
+            if (e.j != e.i) ++out.crow[e.j + 1];
+        }
+    std::partial_sum(out.crow.begin(), out.crow.end(), out.crow.begin());
+    out.col.resize(out.crow[n]);
+    out.val.resize(out.crow[n]);
+    std::vector<int64_t> cursor(out.crow.begin(), out.crow.end() - 1);
+    for (const auto& part : found)
+        for (const Pair& e : part) {
+            int64_t q = cursor[e.i]++;
+            out.col[q] = e.j;
+            out.val[q] = e.d;
+            if (e.j != e.i) {
+                q = cursor[e.j]++;
+                out.col[q] = e.i;
+                out.val[q] = e.d;
+            }
+        }
+#pragma omp parallel
+    {
+        std::vector<std::pair<int64_t, float>> row;
+#pragma omp for schedule(dynamic, 256)
+        for (int64_t i = 0; i < n; ++i) {
+            row.clear();
+            for (int64_t q = out.crow[i]; q < out.crow[i + 1]; ++q) row.push_back({out.col[q], out.val[q]});
+            std::sort(row.begin(), row.end());
+            for (size_t t = 0; t < row.size(); ++t) {
+                out.col[out.crow[i] + t] = row[t].first;
+                out.val[out.crow[i] + t] = row[t].second;
+            }
+        }
+    }
+    return out;
+}
+
+}  // namespace pplr

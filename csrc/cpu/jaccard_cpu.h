@@ -1,0 +1,21 @@
+// k-reciprocal encoding and sparse Jaccard distance on the CPU (OpenMP).
+#pragma once
+#include <cstdint>
+
+#include "common.h"
+
+namespace pplr {
+
+// V' of SPEC §2.1 steps 2-5 as CSR: rank is the (n x K) kNN list (sorted by
+// (distance, index), self included), half = round(k1 / 2) as Python rounds.
+Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_t K,
+               int64_t k1, int64_t half, int64_t k2);
+
+// Jaccard distances of every pair of rows of V' (CSR) that share a column,
+// as a symmetric CSR (diagonal included, columns sorted). Pairs with
+// distance > cutoff are dropped when cutoff >= 0. Each pair is computed once
+// (j >= i) and mirrored, so the result is exactly symmetric.
+Csr jaccard_cpu(const int64_t* crow, const int64_t* col, const float* val, int64_t n,
+                double cutoff);
+
+}  // namespace pplr

@@ -1,0 +1,98 @@
+"""Fast exact kNN: low-precision GEMM filter + fp32 re-rank (see ``knn.py``).
+
+Why it is exact. For rows x_i, x_j and their low-precision copies x~, the
+computed low-precision score s_ij differs from the fp32 similarity a_ij by at
+most ``c_i + u |s_ij|`` where u is the unit roundoff of the score's dtype and
+
+    c_i = rho_i M + |x_i| rho_max + rho_i rho_max + (accumulation rounding)
+
+with ``rho_i = |x~_i - x_i|`` measured on the data and M = max_j |x_j|
+(Cauchy-Schwarz on ``x~_i x~_j - x_i x_j``). Columns that cannot reach the
+k-th best fp32 similarity under that bound are dropped; every other column is
+re-ranked with fp32 distances. A row whose candidate set is unusually large
+(nearly equidistant data) is finished with one fp32 GEMM row instead.
+
+CPU: bf16 GEMM (oneDNN/MKL, ~4-5x faster than fp32 on CPUs with native bf16)
++ the C++ selection in ``csrc/cpu/knn_cpu.cpp``. Without native bf16 the
+fp32 GEMM is used directly with the same C++ selection. CUDA: fp16 cuBLAS GEMM
++ torch.topk + a Triton kernel for the fp32 re-rank.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import torch
+
+BLOCK_BYTES = 256 * 1024 ** 2     # score block (rows x N) kept in memory at once
+CANDIDATE_CAP = 4096              # candidates per row before the fp32 fallback
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX)."""
+    override = os.environ.get("PPLR_FAST_KNN_PRECISION")
+    if override in ("bf16", "fp32"):
+        return override == "bf16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def rounding_error_bounds(x: torch.Tensor, x_low: torch.Tensor, accumulate_roundoff: float
+                          ) -> torch.Tensor:
+    """Per-row c_i (float64, see module docstring)."""
+    xd = x.double()
+    rho = (x_low.double() - xd).norm(dim=1)
+    norm = xd.norm(dim=1)
+    big, rho_max = float(norm.max()), float(rho.max())
+    d = x.shape[1]
+    gamma = 1.01 * d * accumulate_roundoff
+    accumulation = gamma * ((norm + rho) * (big + rho_max) + norm * big)
+    return rho * big + norm * rho_max + rho * rho_max + accumulation + 1e-6
+
+
+def block_rows(n: int, bytes_per_entry: int) -> int:
+    return max(16, min(n, BLOCK_BYTES // max(1, bytes_per_entry * n)))
+
+
+def nearest_neighbours_fast(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact kNN, rows sorted by (fp32 distance, index). Returns (dist, index)."""
+    k = min(k, x.shape[0])
+    if x.is_cuda:
+        from .fast_knn_cuda import nearest_neighbours_cuda
+        return nearest_neighbours_cuda(x, k)
+    return nearest_neighbours_cpu(x.float().contiguous(), k)
+
+
+def nearest_neighbours_cpu(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from pplr_fast import _knn
+    n = x.shape[0]
+    dist = np.empty((n, k), dtype=np.float32)
+    index = np.empty((n, k), dtype=np.int64)
+    if not cpu_has_native_bf16():
+        step = block_rows(n, 4)
+        for r0 in range(0, n, step):
+            block = 2 - 2 * (x[r0:r0 + step] @ x.T)
+            dist[r0:r0 + step], index[r0:r0 + step] = _knn.topk_from_distances(block.numpy(), k)
+        return torch.from_numpy(dist), torch.from_numpy(index)
+
+    x_low = x.bfloat16()
+    bounds = rounding_error_bounds(x, x_low, 2.0 ** -24).numpy()
+    x_np = x.numpy()
+    step = block_rows(n, 2)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        scores = (x_low[r0:r1] @ x_low.T).view(torch.int16).numpy().view(np.uint16)
+        d, i, overflow = _knn.topk_rerank(scores, x_np, r0, k, bounds[r0:r1], 2.0 ** -8,
+                                          CANDIDATE_CAP)
+        dist[r0:r1], index[r0:r1] = d, i
+        if overflow.any():
+            rows = r0 + np.flatnonzero(overflow)
+            block = 2 - 2 * (x[torch.from_numpy(rows)] @ x.T)
+            dist[rows], index[rows] = _knn.topk_from_distances(block.numpy(), k)
+    return torch.from_numpy(dist), torch.from_numpy(index)
