@@ -1,0 +1,53 @@
+"""The whole clustering stage: both backends give the same pseudo-labels and scores."""
+import warnings
+
+import pytest
+import torch
+
+from cluster_oracles import clustered_features, normalize
+from pplr_fast.cluster import ClusterInputError, dbscan, jaccard_distance
+from pplr_fast.cluster.stage import STAGES, drop_self, run_cluster_stage
+
+
+def part_features(x_g: torch.Tensor, parts: int, noise: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(11)
+    return torch.stack([normalize(x_g + noise * torch.randn(x_g.shape, generator=g))
+                        for _ in range(parts)], dim=2)
+
+
+@pytest.mark.parametrize("n,groups,dup", [(240, 16, 0), (150, 8, 12), (20, 2, 0)])
+def test_stage_backends_agree(n, groups, dup):
+    x_g = clustered_features(n, 24, groups=groups, spread=0.5, seed=n, duplicates=dup)
+    x_p = part_features(x_g, 3, 0.4)
+    eps = 0.6
+    dist = jaccard_distance(x_g, 30, 6, backend="reference")
+    assert not bool(((dist - eps).abs() < 1e-5).any()), "pick another eps: a pair sits on it"
+    ref = run_cluster_stage(x_g, x_p, eps=eps, backend="reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)     # no silent fallback
+        fast = run_cluster_stage(x_g, x_p, eps=eps, backend="fast")
+    assert fast.backend == "fast" and ref.backend == "reference"
+    assert torch.equal(fast.labels, ref.labels)
+    assert torch.equal(fast.scores, ref.scores)
+    assert torch.equal(ref.labels, dbscan(dist, eps, 4, backend="reference"))
+    for timings in (ref.timings, fast.timings):
+        assert set(STAGES) | {"total"} == set(timings)
+        assert all(v >= 0 for v in timings.values())
+    assert ref.num_clusters >= 1
+
+
+def test_stage_all_noise_gives_no_cluster():
+    x_g = normalize(torch.randn(40, 64, generator=torch.Generator().manual_seed(0)))
+    res = run_cluster_stage(x_g, part_features(x_g, 2, 1.0), eps=0.05, backend="fast")
+    assert res.num_clusters == 0 and res.num_outliers == 40
+
+
+def test_drop_self_handles_duplicates_ahead_of_self():
+    rank = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 1, 2]])   # row 2 sorts behind two copies
+    assert drop_self(rank, 2).tolist() == [[1, 2], [0, 2], [0, 1]]
+
+
+def test_stage_rejects_bad_eps():
+    x_g = normalize(torch.randn(10, 4))
+    with pytest.raises(ClusterInputError, match=r"eps must lie in \(0, 1\)"):
+        run_cluster_stage(x_g, part_features(x_g, 1, 0.1), eps=1.5)
