@@ -148,3 +148,14 @@ def test_pseudo_labels_identical_end_to_end(name, knn_mode):
     labels_ref = dbscan(ref, eps, 4, backend="reference")
     fast = jaccard_distance(x, 20, 6, backend="fast", max_distance=eps)
     assert torch.equal(dbscan(fast, eps, 4, backend="fast"), labels_ref)
+
+
+def test_dbscan_fast_on_asymmetric_matrix_uses_sklearn_semantics():
+    from sklearn.cluster import DBSCAN
+    rng = np.random.default_rng(7)
+    d = rng.uniform(0, 1, size=(40, 40)).astype(np.float32)
+    np.fill_diagonal(d, 0)
+    with pytest.warns(RuntimeWarning, match="not symmetric"):
+        got = dbscan(torch.from_numpy(d), 0.3, 3, backend="fast")
+    expected = DBSCAN(eps=0.3, min_samples=3, metric="precomputed").fit_predict(d.astype(np.float64))
+    np.testing.assert_array_equal(got.numpy(), expected)

@@ -44,7 +44,17 @@ def check_k(name: str, k: int, minimum: int = 1) -> None:
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes that a new allocation on ``device`` can use right now."""
+    """Bytes that a new allocation on ``device`` can use right now.
+
+    ``PPLR_FAST_MEMORY_LIMIT_GIB`` caps it (e.g. to leave room for other jobs
+    on a shared machine, or to see a refusal without a big machine).
+    """
+    measured = _measured_memory(device)
+    limit = os.environ.get("PPLR_FAST_MEMORY_LIMIT_GIB")
+    return measured if not limit else min(measured, int(float(limit) * GIB))
+
+
+def _measured_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)

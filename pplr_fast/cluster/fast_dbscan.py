@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import torch
 
-from .dbscan import neighbour_lists
+from .backend import warn_once
+from .dbscan import dbscan_reference, neighbour_lists
 
 
 def dbscan_fast(dist, eps: float, min_samples: int) -> torch.Tensor:
+    if isinstance(dist, torch.Tensor):
+        within = dist <= eps
+        if not torch.equal(within, within.T):
+            warn_once("dbscan:asymmetric",
+                      "pplr_fast: dbscan got a distance matrix that is not symmetric within eps; "
+                      "the fast kernels need a symmetric graph, so scikit-learn's row-wise "
+                      "semantics run on the reference path instead")
+            return dbscan_reference(dist, eps, min_samples)
     crow, col = neighbour_lists(dist, eps)
     if crow.is_cuda:
         from .cuda_modules import dbscan_cuda

@@ -45,10 +45,14 @@ def cpu_has_native_bf16() -> bool:
 
 def rounding_error_bounds(x: torch.Tensor, x_low: torch.Tensor, accumulate_roundoff: float
                           ) -> torch.Tensor:
-    """Per-row c_i (float64, see module docstring)."""
-    xd = x.double()
-    rho = (x_low.double() - xd).norm(dim=1)
-    norm = xd.norm(dim=1)
+    """Per-row c_i (float64, see module docstring), computed in row blocks."""
+    rho = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    norm = torch.empty_like(rho)
+    step = max(1, BLOCK_BYTES // (16 * max(1, x.shape[1])))
+    for r0 in range(0, x.shape[0], step):
+        xd = x[r0:r0 + step].double()
+        rho[r0:r0 + step] = (x_low[r0:r0 + step].double() - xd).norm(dim=1)
+        norm[r0:r0 + step] = xd.norm(dim=1)
     big, rho_max = float(norm.max()), float(rho.max())
     d = x.shape[1]
     gamma = 1.01 * d * accumulate_roundoff

@@ -30,8 +30,8 @@ def pairwise_sq_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def reference_dense_bytes(n: int, matrices: int = 1) -> int:
-    """Bytes of ``matrices`` dense fp32 N x N matrices plus a sort chunk."""
-    return 4 * n * n * matrices + 3 * SORT_CHUNK_BYTES
+    """Bytes of ``matrices`` dense fp32 N x N matrices plus the sort's chunk buffers."""
+    return 4 * n * n * matrices + min(3 * SORT_CHUNK_BYTES, 12 * n * n)
 
 
 def sorted_neighbours(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

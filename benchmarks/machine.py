@@ -1,0 +1,101 @@
+"""What a benchmark ran on: CPU, cores, memory, GPU, library versions, threads, load."""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+
+import torch
+
+GIB = 1024 ** 3
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _total_memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) * 1024 / GIB, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
+
+
+def load_average() -> str:
+    """The 1-minute load average, or "n/a"."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def describe_machine(device: str) -> dict:
+    """Everything a reader needs to judge a timing taken on this machine."""
+    from pplr_fast.cluster.fast_knn import cpu_has_native_bf16
+    usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable_cores,
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "ram_gib": _total_memory_gib(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device == "cuda" else None,
+        "load_average": load_average(),
+    }
+    for module in ("triton", "numpy", "faiss", "sklearn"):
+        info[module] = _version(module)
+    return info
+
+
+def machine_lines(info: dict) -> list[str]:
+    """The machine description as markdown lines for a table header."""
+    gpu = f"; GPU {info['gpu']} (CUDA {info['cuda']})" if info.get("gpu") else "; no GPU used"
+    cores = info["cores"] if info.get("usable_cores") in (None, info["cores"]) else \
+        f"{info['usable_cores']} of {info['cores']}"
+    versions = ", ".join(f"{name} {info[name]}" for name in
+                         ("torch", "triton", "numpy", "faiss", "sklearn") if info.get(name))
+    omp = (f"OMP_NUM_THREADS={info['omp_num_threads'] or 'unset'}, "
+           f"OMP_WAIT_POLICY={info['omp_wait_policy'] or 'unset'}")
+    return [f"Machine: {info['cpu']} ({cores} cores, native bf16: "
+            f"{'yes' if info['cpu_native_bf16'] else 'no'}), {info['ram_gib']} GiB RAM{gpu}.",
+            f"Software: Python {info['python']}, {versions}; {info['torch_threads']} torch "
+            f"threads, {omp}."]
+
+
+def busy_warning(load_before: str, load_after: str, cores: int | None) -> str | None:
+    """A warning line when other work shared the CPU during the run, else None.
+
+    OpenMP threads busy-wait between parallel regions by default; when other
+    processes hold the cores, that waiting can stretch small steps by 10-100x.
+    """
+    loads = [float(load) for load in (load_before, load_after) if load != "n/a"]
+    if not loads or not cores or max(loads) < 0.5 * cores:
+        return None
+    return (f"Warning: the CPU was busy (load average up to {max(loads):.2f} on {cores} "
+            "cores): timings are unreliable. Rerun on a quiet machine; where that is "
+            "impossible, OMP_WAIT_POLICY=passive or fewer threads (--threads) limit the damage.")
