@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pplr_fast.kernels.pair_distance import LAUNCH
+from pplr_fast.kernels import LAUNCH
 
 
 @triton.jit

@@ -27,7 +27,8 @@ import triton.language as tl
 
 from pplr_fast.cluster.checks import available_memory
 from pplr_fast.cluster.sparse_distance import SparseDistance
-from pplr_fast.kernels.pair_distance import LAUNCH, pair_sq_distance
+from pplr_fast.kernels import LAUNCH
+from pplr_fast.kernels.pair_distance import pair_sq_distance
 
 ACCUMULATOR_BYTES = 2 * 1024 ** 3      # dense fp32 m(i, j) block of one row chunk (at most)
 EXPANSION_BYTES = 256 * 1024 ** 2      # padded E(i) buffers (and their sort) of one row chunk

@@ -14,10 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
+from pplr_fast.kernels import LAUNCH
+
 TILE_ELEMENTS = 4096      # BLOCK_P x BLOCK_D: the partial sums a program holds
-# Launch options of the clustering kernels: FMA contraction stated explicitly, so the
-# arithmetic does not change with Triton's default (which flips in Triton 3.10).
-LAUNCH = dict(enable_fp_fusion=True)
 
 
 @triton.jit

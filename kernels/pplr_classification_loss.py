@@ -30,6 +30,8 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+
+from pplr_fast.kernels import LAUNCH
 from torch import Tensor
 
 from pplr_fast.losses._validation import check_fraction, check_values
@@ -238,7 +240,7 @@ class PPLRClassificationLossFunction(torch.autograd.Function):
             scores, scores.stride(0), scores.stride(1),
             stats_g[0], stats_g[1], stats_p[0], stats_p[1], loss_g_rows, loss_p_rows,
             num_classes, num_parts, float(beta), float(epsilon), math.log(num_classes),
-            USE_AALS=bool(use_aals), BLOCK_C=block_c, BLOCK_NP=block_np, num_warps=num_warps,
+            USE_AALS=bool(use_aals), BLOCK_C=block_c, BLOCK_NP=block_np, num_warps=num_warps, **LAUNCH,
         )
         ctx.save_for_backward(logits_g, logits_p, targets, scores, stats_g, stats_p)
         ctx.config = (float(beta), bool(use_aals), float(epsilon), block_c, block_np, num_warps)
@@ -263,7 +265,7 @@ class PPLRClassificationLossFunction(torch.autograd.Function):
             stats_g[0], stats_g[1], stats_p[0], stats_p[1],
             grad_loss_g.contiguous(), grad_loss_p.contiguous(),
             batch, num_classes, num_parts, beta, epsilon,
-            USE_AALS=use_aals, BLOCK_C=block_c, BLOCK_NP=block_np, num_warps=num_warps,
+            USE_AALS=use_aals, BLOCK_C=block_c, BLOCK_NP=block_np, num_warps=num_warps, **LAUNCH,
         )
         return grad_g, grad_p, None, None, None, None, None, None
 
