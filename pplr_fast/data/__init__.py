@@ -1,0 +1,31 @@
+"""Data layer: dataset folders, the synthetic dataset, transforms, sampling."""
+from .datasets import (
+    DATASET_NAMES,
+    DATASET_PRESETS,
+    DatasetError,
+    DatasetPreset,
+    DatasetWarning,
+    ReidDataset,
+    Sample,
+    canonical_dataset_name,
+    create_dataset,
+    load_dukemtmcreid,
+    load_market1501,
+    load_msmt17,
+    load_veri,
+    read_market_layout,
+)
+from .image_dataset import ImageDataset, ImageReadError, read_rgb_image
+from .sampler import RandomIdentitySampler
+from .synthetic import make_synthetic_dataset, save_preview
+from .transforms import build_test_transform, build_train_transform
+
+__all__ = [
+    "DATASET_NAMES", "DATASET_PRESETS", "DatasetError", "DatasetPreset", "DatasetWarning",
+    "ReidDataset", "Sample", "canonical_dataset_name", "create_dataset", "load_dukemtmcreid",
+    "load_market1501", "load_msmt17", "load_veri", "read_market_layout",
+    "ImageDataset", "ImageReadError", "read_rgb_image",
+    "RandomIdentitySampler",
+    "make_synthetic_dataset", "save_preview",
+    "build_test_transform", "build_train_transform",
+]

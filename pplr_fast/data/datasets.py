@@ -1,0 +1,330 @@
+"""Re-ID dataset folders -> lists of ``(path, pid, camid)`` samples.
+
+Every parser reads the layout a dataset is distributed in (SPEC section 6)
+and returns a :class:`ReidDataset` whose splits are lists of
+``(absolute path, person/vehicle id, 0-based camera id)`` sorted by path.
+Identity ids are kept as written in the file names (they are never used as
+training labels; PPLR trains on its own pseudo labels).
+
+Conventions of the folder datasets (Market-1501, DukeMTMC-reID, VeRi-776):
+pid -1 marks junk images and is dropped everywhere; pid 0 marks distractors,
+kept in the gallery and dropped from train and query. MSMT17 numbers its
+identities from 0 in list files, so there pid 0 is an ordinary identity.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+Sample = tuple[str, int, int]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+JUNK_PID = -1
+DISTRACTOR_PID = 0
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, incomplete or has an empty split."""
+
+
+class DatasetWarning(UserWarning):
+    """Some files of a split were skipped (malformed names)."""
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """Per-dataset recipe defaults (SPEC sections 2.2, 3 and 4)."""
+
+    height: int
+    width: int
+    num_instances: int
+    eps: float
+    eps_cam: float  # DBSCAN eps when camera proxies are used (PPLR-CAM)
+    lam_cam: float
+
+
+DATASET_PRESETS: dict[str, DatasetPreset] = {
+    "market1501": DatasetPreset(384, 128, 4, eps=0.6, eps_cam=0.4, lam_cam=0.5),
+    "msmt17": DatasetPreset(384, 128, 4, eps=0.7, eps_cam=0.6, lam_cam=1.0),
+    # SPEC gives no camera-proxy eps for VeRi-776: the plain eps is reused.
+    "veri": DatasetPreset(256, 256, 8, eps=0.7, eps_cam=0.7, lam_cam=0.5),
+    # SPEC gives no values for DukeMTMC-reID: Market-1501's are used.
+    "dukemtmcreid": DatasetPreset(384, 128, 4, eps=0.6, eps_cam=0.4, lam_cam=0.5),
+    # Built-in demo data (pplr_fast.data.synthetic), generated at 128x64, the
+    # size the CPU demo trains at. A smaller eps than Market-1501's: with an
+    # untrained network (no ImageNet weights offline) eps 0.6 merges most
+    # images into a few clusters at the first epoch, while 0.45 gives about
+    # 40 clusters for 64 identities.
+    "synthetic": DatasetPreset(128, 64, 4, eps=0.45, eps_cam=0.4, lam_cam=0.5),
+}
+
+_ALIASES = {
+    "market1501": "market1501", "market": "market1501", "market-1501": "market1501",
+    "msmt17": "msmt17", "msmt": "msmt17", "msmt17_v1": "msmt17",
+    "veri": "veri", "veri776": "veri", "veri-776": "veri",
+    "dukemtmcreid": "dukemtmcreid", "duke": "dukemtmcreid", "dukemtmc": "dukemtmcreid",
+    "dukemtmc-reid": "dukemtmcreid",
+    "synthetic": "synthetic",
+}
+
+DATASET_NAMES = tuple(DATASET_PRESETS)
+
+
+def canonical_dataset_name(name: str) -> str:
+    """Map a user-given dataset name or alias (any case) to its canonical name."""
+    canonical = _ALIASES.get(name.strip().lower())
+    if canonical is None:
+        aliases = ", ".join(sorted(_ALIASES))
+        raise ValueError(
+            f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)} "
+            f"(accepted spellings: {aliases})")
+    return canonical
+
+
+@dataclass
+class ReidDataset:
+    """A re-ID dataset: train, query and gallery lists of ``(path, pid, camid)``."""
+
+    name: str
+    root: str
+    train: list[Sample] = field(default_factory=list)
+    query: list[Sample] = field(default_factory=list)
+    gallery: list[Sample] = field(default_factory=list)
+
+    @property
+    def num_train_pids(self) -> int:
+        """Number of distinct identities in the training split."""
+        return len({pid for _, pid, _ in self.train})
+
+    @property
+    def num_train_cams(self) -> int:
+        """Number of distinct cameras in the training split."""
+        return len({cam for _, _, cam in self.train})
+
+    def summary(self) -> str:
+        """A small table of ids / images / cameras per split."""
+        lines = [f"dataset {self.name} at {self.root}",
+                 "  split   |   ids | images | cams",
+                 "  --------+-------+--------+-----"]
+        for split, samples in (("train", self.train), ("query", self.query),
+                               ("gallery", self.gallery)):
+            pids = {pid for _, pid, _ in samples}
+            cams = {cam for _, _, cam in samples}
+            lines.append(f"  {split:<7} | {len(pids):5d} | {len(samples):6d} | {len(cams):4d}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- file names
+
+
+@dataclass(frozen=True)
+class _NameFormat:
+    """How one dataset encodes identity and camera in its file names."""
+
+    pattern: re.Pattern  # matched against the file stem; groups: pid, camera
+    num_cams: int        # cameras are numbered 1..num_cams in file names
+    example: str         # shown in warnings
+
+    def parse(self, stem: str) -> tuple[int, int] | None:
+        """``(pid, 0-based camera)`` or None when the name is malformed."""
+        match = self.pattern.fullmatch(stem)
+        if match is None:
+            return None
+        pid, cam = int(match.group(1)), int(match.group(2))
+        if not 1 <= cam <= self.num_cams:
+            return None
+        return pid, cam - 1
+
+
+_MARKET_NAMES = _NameFormat(re.compile(r"(-1|\d+)_c(\d+)s\d+_\d+_\d+"), 6,
+                            "PPPP_cCsS_FFFFFF_NN.jpg, e.g. 0002_c1s1_000451_03.jpg")
+_DUKE_NAMES = _NameFormat(re.compile(r"(-1|\d+)_c(\d+)_f\d+"), 8,
+                          "PPPP_cC_fFFFFFFF.jpg, e.g. 0005_c2_f0046985.jpg")
+_VERI_NAMES = _NameFormat(re.compile(r"(-1|\d+)_c(\d+)_.+"), 20,
+                          "VVVV_cCCC_....jpg, e.g. 0001_c001_00016450_0.jpg")
+_MSMT_NAMES = _NameFormat(re.compile(r"(\d+)_\d+_(\d+)_.+"), 15,
+                          "PPPP_NNN_CC_....jpg with camera CC, e.g. 0000_000_01_0303morning_0015_0.jpg")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _warn_skipped(dataset: str, split: str, skipped: list[str], expected: str) -> None:
+    if skipped:
+        warnings.warn(
+            f"{dataset} {split}: skipped {len(skipped)} file(s) with malformed names "
+            f"(expected {expected}); first: {skipped[0]}",
+            DatasetWarning, stacklevel=4)
+
+
+def _require_nonempty(dataset: str, split: str, samples: list[Sample], source: str,
+                      expected: str) -> list[Sample]:
+    if not samples:
+        raise DatasetError(
+            f"{dataset} {split} split is empty: no usable images in {source} "
+            f"(expected file names {expected}).")
+    return samples
+
+
+def _read_image_folder(dataset: str, split: str, folder: str, names: _NameFormat,
+                       keep: Callable[[int], bool]) -> list[Sample]:
+    """Parse every image of ``folder``; ``keep(pid)`` filters junk/distractors."""
+    samples: list[Sample] = []
+    skipped: list[str] = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not (entry.is_file() and _is_image(entry.name)):
+            continue
+        parsed = names.parse(os.path.splitext(entry.name)[0])
+        if parsed is None:
+            skipped.append(entry.path)
+        elif keep(parsed[0]):
+            samples.append((os.path.abspath(entry.path), parsed[0], parsed[1]))
+    _warn_skipped(dataset, split, skipped, f"{names.example}, camera 1..{names.num_cams}")
+    return _require_nonempty(dataset, split, samples, folder, names.example)
+
+
+def _read_msmt_list(split: str, list_file: str, image_dir: str) -> list[Sample]:
+    """Parse an MSMT17 list file: lines ``relative/path.jpg pid``."""
+    samples: list[Sample] = []
+    skipped: list[str] = []
+    with open(list_file, encoding="utf-8") as lines:
+        for line in lines:
+            fields = line.split()
+            if not fields:
+                continue
+            parsed = None
+            if len(fields) == 2 and fields[1].isdigit() and _is_image(fields[0]):
+                parsed = _MSMT_NAMES.parse(os.path.splitext(os.path.basename(fields[0]))[0])
+            if parsed is None:
+                skipped.append(line.strip())
+            else:
+                path = os.path.abspath(os.path.join(image_dir, fields[0]))
+                samples.append((path, int(fields[1]), parsed[1]))
+    _warn_skipped("MSMT17", f"{split} ({os.path.basename(list_file)})", skipped,
+                  f"lines 'relative/path.jpg pid', files named {_MSMT_NAMES.example}")
+    return samples
+
+
+# ------------------------------------------------------------------- layouts
+
+
+def _check_entries(display: str, root: str, entries: tuple[str, ...]) -> None:
+    """Raise DatasetError naming the first of ``entries`` missing under ``root``."""
+    for entry in entries:
+        path = os.path.join(root, entry)
+        if not os.path.exists(path):
+            raise DatasetError(
+                f"{display} is incomplete: {path} does not exist.\n"
+                f"Expected layout: {root}/{{{','.join(entries)}}}")
+
+
+def _locate(display: str, data_dir: str, folder_names: list[str],
+            entries: tuple[str, ...]) -> str:
+    """Find the dataset folder under ``data_dir`` and check its entries exist.
+
+    ``data_dir`` may also be the dataset folder itself.
+    """
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    candidates = [os.path.join(data_dir, n) for n in folder_names]
+    root = next((c for c in candidates if os.path.isdir(c)), None)
+    if root is None and all(os.path.exists(os.path.join(data_dir, e)) for e in entries):
+        root = data_dir
+    if root is None:
+        layout = f"{candidates[0]}/{{{','.join(entries)}}}"
+        if len(folder_names) > 1:
+            layout += f" (the folder may also be named {' or '.join(folder_names[1:])})"
+        raise DatasetError(
+            f"{display} not found: {candidates[0]} does not exist.\n"
+            f"Expected layout: {layout}\n"
+            f"Unpack the dataset there, or pass the folder that contains it as the data dir.")
+    _check_entries(display, root, entries)
+    return root
+
+
+def _read_three_folder_layout(name: str, display: str, root: str, folders: tuple[str, str, str],
+                              names: _NameFormat) -> ReidDataset:
+    """Datasets made of a train, a query and a gallery folder of images."""
+    train_dir, query_dir, gallery_dir = (os.path.join(root, f) for f in folders)
+
+    def real_identity(pid: int) -> bool:
+        return pid not in (JUNK_PID, DISTRACTOR_PID)
+
+    def not_junk(pid: int) -> bool:
+        return pid != JUNK_PID
+
+    return ReidDataset(
+        name=name, root=root,
+        train=_read_image_folder(display, "train", train_dir, names, real_identity),
+        query=_read_image_folder(display, "query", query_dir, names, real_identity),
+        gallery=_read_image_folder(display, "gallery", gallery_dir, names, not_junk))
+
+
+_MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
+
+
+def read_market_layout(root: str, name: str = "market1501") -> ReidDataset:
+    """Parse a folder holding Market-1501's ``bounding_box_train``/``query``/``bounding_box_test``."""
+    root = os.path.abspath(root)
+    _check_entries(name, root, _MARKET_FOLDERS)
+    return _read_three_folder_layout(name, name, root, _MARKET_FOLDERS, _MARKET_NAMES)
+
+
+def load_market1501(data_dir: str) -> ReidDataset:
+    """Market-1501 from ``<data_dir>/Market-1501-v15.09.15`` (or ``Market-1501``)."""
+    root = _locate("Market-1501", data_dir, ["Market-1501-v15.09.15", "Market-1501"],
+                   ("bounding_box_train", "bounding_box_test", "query"))
+    return _read_three_folder_layout("market1501", "Market-1501", root, _MARKET_FOLDERS,
+                                     _MARKET_NAMES)
+
+
+def load_dukemtmcreid(data_dir: str) -> ReidDataset:
+    """DukeMTMC-reID from ``<data_dir>/DukeMTMC-reID``."""
+    root = _locate("DukeMTMC-reID", data_dir, ["DukeMTMC-reID"],
+                   ("bounding_box_train", "bounding_box_test", "query"))
+    return _read_three_folder_layout("dukemtmcreid", "DukeMTMC-reID", root, _MARKET_FOLDERS,
+                                     _DUKE_NAMES)
+
+
+def load_veri(data_dir: str) -> ReidDataset:
+    """VeRi-776 from ``<data_dir>/VeRi``."""
+    root = _locate("VeRi-776", data_dir, ["VeRi"], ("image_train", "image_query", "image_test"))
+    return _read_three_folder_layout("veri", "VeRi-776", root,
+                                     ("image_train", "image_query", "image_test"), _VERI_NAMES)
+
+
+def load_msmt17(data_dir: str) -> ReidDataset:
+    """MSMT17_V1 from ``<data_dir>/MSMT17_V1``; list_val is merged into train."""
+    lists = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
+    root = _locate("MSMT17", data_dir, ["MSMT17_V1"], ("train", "test") + lists)
+    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+
+    def read(split: str, list_name: str, image_dir: str) -> list[Sample]:
+        return _read_msmt_list(split, os.path.join(root, list_name), image_dir)
+
+    train = read("train", "list_train.txt", train_dir) + read("train", "list_val.txt", train_dir)
+    splits = {"train": sorted(set(train)),
+              "query": sorted(read("query", "list_query.txt", test_dir)),
+              "gallery": sorted(read("gallery", "list_gallery.txt", test_dir))}
+    for split, samples in splits.items():
+        _require_nonempty("MSMT17", split, samples, f"the list files of {root}",
+                          f"lines 'relative/path.jpg pid', files named {_MSMT_NAMES.example}")
+    return ReidDataset(name="msmt17", root=root, **splits)
+
+
+def create_dataset(name: str, data_dir: str) -> ReidDataset:
+    """Load dataset ``name`` (case-insensitive, aliases accepted) from ``data_dir``.
+
+    ``synthetic`` is generated into ``data_dir`` on first use and reused after.
+    """
+    canonical = canonical_dataset_name(name)
+    if canonical == "synthetic":
+        from .synthetic import make_synthetic_dataset
+        return read_market_layout(make_synthetic_dataset(data_dir), name="synthetic")
+    loaders = {"market1501": load_market1501, "dukemtmcreid": load_dukemtmcreid,
+               "veri": load_veri, "msmt17": load_msmt17}
+    return loaders[canonical](data_dir)
