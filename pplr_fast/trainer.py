@@ -1,0 +1,419 @@
+"""The PPLR trainer: per epoch extract -> cluster -> re-initialise classifiers -> train.
+
+SPEC §4. Data flows one way: images -> features -> clustering stage ->
+pseudo-labels and agreement scores -> losses -> model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .cluster.stage import ClusterStageResult, run_cluster_stage
+from .data import (ImageDataset, RandomIdentitySampler, ReidDataset, build_train_transform)
+from .evaluation import evaluate_ranking, pairwise_distance
+from .features import extract_features
+from .losses import inter_camera_proxy_loss, pplr_classification_loss, soft_triplet_loss
+from .models import PPLRNet, load_pretrained
+from .utils import distributed
+from .utils.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state,
+                               save_checkpoint)
+from .utils.metrics_log import MetricsLog, plot_metrics
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run (``python -m pplr_fast.train --help`` explains each)."""
+
+    dataset: str = "synthetic"
+    data_dir: str = "data"
+    logs_dir: str = "logs"
+    arch: str = "resnet50"
+    pretrained: str | None = None
+    parts: int = 3
+    height: int = 384
+    width: int = 128
+    batch_size: int = 64
+    num_instances: int = 4
+    workers: int = 2
+    epochs: int = 50
+    iters: int = 400
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    step_size: int = 20
+    eval_step: int = 5
+    eps: float = 0.6
+    k1: int = 30
+    k2: int = 6
+    min_samples: int = 4
+    k: int = 20
+    beta: float = 0.5
+    aals_epoch: int = 5
+    cam: bool = False
+    lam_cam: float = 0.5
+    backend: str = "fast"
+    device: str = "cpu"
+    seed: int = 1
+    resume: str | None = None
+    progress: bool | None = None
+    sync_bn: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class EndlessSampler(torch.utils.data.Sampler):
+    """Successive reshuffled passes of an identity sampler, without end.
+
+    An epoch is a fixed number of iterations (SPEC §4), which may be more or
+    fewer than one pass over the pseudo-labelled images: with few clusters a
+    batch spans passes instead of never filling.
+    """
+
+    def __init__(self, sampler: RandomIdentitySampler, epoch: int):
+        if len(sampler) == 0:
+            raise ValueError("no pseudo-labelled images to sample from")
+        self.sampler, self.epoch = sampler, epoch
+
+    def __iter__(self):
+        for cycle in itertools.count():
+            self.sampler.set_epoch(self.epoch * 10_000 + cycle)
+            yield from self.sampler
+
+
+class PPLRTrainer:
+    """Runs a whole PPLR (or PPLR-CAM) training; ``fit()`` returns the final metrics."""
+
+    def __init__(self, config: TrainConfig, dataset: ReidDataset, device: torch.device):
+        self.cfg = config
+        self.dataset = dataset
+        self.device = device
+        self.logs = Path(config.logs_dir)
+        seed_everything(config.seed)      # before the model exists: its init draws from it
+        self.model = PPLRNet(config.arch, num_parts=config.parts).to(device)
+        if config.pretrained:
+            report = load_pretrained(self.model, config.pretrained)
+            self.say(f"loaded ImageNet weights: {report.num_tensors} tensors from {report.path}")
+        if config.sync_bn and distributed.is_initialized():
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.net = self._wrap(self.model)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.start_epoch = 0
+        self.best_map = -1.0
+        self.best_epoch = -1
+        self.initial_metrics: dict | None = None
+        self.stop_requested: int | bool = False   # the signal number once one arrived
+        self.metrics = MetricsLog(self.logs / "metrics.jsonl") if distributed.is_main() else None
+        self.train_samples = sorted(dataset.train)
+
+    # ------------------------------------------------------------------ helpers
+    def say(self, message: str) -> None:
+        if distributed.is_main():
+            tqdm.write(message)
+
+    def _wrap(self, model: PPLRNet) -> torch.nn.Module:
+        if not distributed.is_initialized():
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _lr(self, epoch: int) -> float:
+        return self.cfg.lr * 0.1 ** (epoch // self.cfg.step_size)
+
+    def _rebuild_optimizer(self, epoch: int) -> None:
+        """Adam over the backbone (state kept) and this epoch's new classifiers."""
+        old = self.optimizer.state if self.optimizer is not None else {}
+        backbone = list(self.model.backbone_parameters())
+        groups = [{"params": backbone}, {"params": list(self.model.classifier_parameters())}]
+        self.optimizer = torch.optim.Adam(groups, lr=self._lr(epoch),
+                                          weight_decay=self.cfg.weight_decay)
+        for p in backbone:
+            if p in old:
+                self.optimizer.state[p] = old[p]
+
+    # ------------------------------------------------------------------ stages
+    def extract(self, samples, desc: str):
+        return extract_features(self.net, samples, height=self.cfg.height, width=self.cfg.width,
+                                batch_size=max(64, self.cfg.batch_size), workers=self.cfg.workers,
+                                device=self.device, desc=desc, progress=self.cfg.progress)
+
+    def cluster(self, epoch: int) -> tuple[ClusterStageResult, torch.Tensor, torch.Tensor, float]:
+        """Features of the training set and the clustering stage (on rank 0, broadcast)."""
+        start = time.perf_counter()
+        x_g, x_p = self.extract(self.train_samples, f"epoch {epoch}: features")
+        extract_time = time.perf_counter() - start
+        n = len(self.train_samples)
+        labels = torch.empty(n, dtype=torch.int64, device=self.device)
+        scores = torch.empty(n, self.cfg.parts, device=self.device)
+        timings, backend = None, None
+        if distributed.is_main():
+            result = run_cluster_stage(x_g, x_p, eps=self.cfg.eps, k1=self.cfg.k1, k2=self.cfg.k2,
+                                       min_samples=self.cfg.min_samples, k=self.cfg.k,
+                                       backend=self.cfg.backend)
+            labels.copy_(result.labels)
+            scores.copy_(result.scores)
+            timings, backend = result.timings, result.backend
+        labels, scores = distributed.broadcast(labels), distributed.broadcast(scores)
+        timings, backend = distributed.broadcast_object((timings, backend))
+        if distributed.is_initialized():
+            self._log_rank_digest(epoch, labels, scores)
+        return ClusterStageResult(labels.cpu(), scores.cpu(), timings, backend), x_g, x_p, extract_time
+
+    def _log_rank_digest(self, epoch: int, labels: torch.Tensor, scores: torch.Tensor) -> None:
+        """Each rank records a digest of the pseudo-labels it trains on (ranks must agree)."""
+        digest = hashlib.sha1(labels.cpu().numpy().tobytes() + scores.cpu().numpy().tobytes())
+        MetricsLog(self.logs / f"rank{distributed.rank()}.jsonl").append(
+            {"epoch": epoch, "rank": distributed.rank(), "pseudo_labels_sha1": digest.hexdigest()})
+
+    def prepare_epoch(self, epoch: int, result: ClusterStageResult, x_g, x_p):
+        """Pseudo-labelled training set, classifier re-init from centroids, camera proxies."""
+        keep = torch.nonzero(result.labels >= 0).flatten()
+        labels = result.labels[keep]
+        samples = [(self.train_samples[i][0], int(lab), self.train_samples[i][2])
+                   for i, lab in zip(keep.tolist(), labels.tolist())]
+        scores = result.scores[keep].to(self.device)
+        c = result.num_clusters
+        onehot = F.one_hot(labels.to(self.device), c).T.float()            # (C, n)
+        members = onehot.sum(1, keepdim=True)
+        centroids_g = onehot @ x_g[keep.to(x_g.device)].to(self.device) / members
+        x_p_kept = x_p[keep.to(x_p.device)].to(self.device)                 # (n, D, N_p)
+        centroids_p = torch.einsum("cn,ndp->cdp", onehot, x_p_kept) / members[:, :, None]
+        self.model.reset_classifiers(centroids_g, centroids_p)
+        self.net = self._wrap(self.model)
+        self._rebuild_optimizer(epoch)
+        proxies = self._camera_proxies(labels, samples, x_g[keep.to(x_g.device)], x_p_kept) \
+            if self.cfg.cam else None
+        return samples, scores, proxies
+
+    def _camera_proxies(self, labels, samples, x_g, x_p):
+        """Normalised mean feature of every (cluster, camera) pair, global and per part."""
+        cams = torch.tensor([s[2] for s in samples], device=self.device)
+        labels = labels.to(self.device)
+        pairs, which = torch.unique(torch.stack([labels, cams], 1), dim=0, return_inverse=True)
+        onehot = F.one_hot(which, len(pairs)).T.float()
+        count = onehot.sum(1, keepdim=True)
+        proxy_g = F.normalize(onehot @ x_g.to(self.device) / count, dim=1)
+        proxy_p = F.normalize(torch.einsum("mn,ndp->mdp", onehot, x_p) / count[:, :, None], dim=1)
+        return {"g": proxy_g, "p": proxy_p, "pids": pairs[:, 0], "cams": pairs[:, 1]}
+
+    def train_epoch(self, epoch: int, samples, scores, proxies) -> dict:
+        cfg = self.cfg
+        sampler = RandomIdentitySampler([s[1] for s in samples], [s[2] for s in samples],
+                                        cfg.num_instances, seed=cfg.seed,
+                                        num_replicas=distributed.world_size(),
+                                        rank=distributed.rank())
+        per_rank_batch = max(cfg.num_instances, cfg.batch_size // distributed.world_size())
+        loader = DataLoader(ImageDataset(samples, build_train_transform(cfg.height, cfg.width)),
+                            batch_size=per_rank_batch, sampler=EndlessSampler(sampler, epoch),
+                            num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        stream = iter(loader)
+        self.net.train()
+        use_aals = epoch >= cfg.aals_epoch
+        sums: dict[str, float] = {}
+        bar = tqdm(range(cfg.iters), desc=f"epoch {epoch}: train", leave=False,
+                   disable=(None if cfg.progress is None else not cfg.progress) or not distributed.is_main())
+        steps = 0
+        for _ in bar:
+            images, targets, cams, index = next(stream)
+            images = images.to(self.device, non_blocking=True)
+            targets, cams = targets.to(self.device), cams.to(self.device)
+            out = self.net(images)
+            loss_g, loss_p = pplr_classification_loss(
+                out.logits_g, out.logits_p, targets, scores[index.to(self.device)], beta=cfg.beta,
+                use_aals=use_aals, epsilon=0.1, backend=cfg.backend)
+            loss_tri = soft_triplet_loss(out.f_g, targets)
+            terms = {"pglr": loss_g, "part": loss_p, "triplet": loss_tri}
+            if proxies is not None:
+                cam_g = inter_camera_proxy_loss(out.f_g, targets, cams, proxies["g"], proxies["pids"],
+                                                proxies["cams"])
+                cam_p = torch.stack([inter_camera_proxy_loss(
+                    out.f_p[:, :, n], targets, cams, proxies["p"][:, :, n], proxies["pids"],
+                    proxies["cams"]) for n in range(cfg.parts)]).mean()
+                terms["camera"] = cfg.lam_cam * (cam_g + cam_p)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"epoch {epoch}: the loss became {float(loss)} ({ {k: float(v) for k, v in terms.items()} }); "
+                    "lower --lr or check the input images")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            steps += 1
+            for name, value in (*terms.items(), ("loss", loss)):
+                sums[name] = sums.get(name, 0.0) + value.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if distributed.any_rank(bool(self.stop_requested), self.device):
+                self.stop_requested = self.stop_requested or signal.SIGTERM
+                break
+        return {f"loss_{k}" if k != "loss" else k: distributed.all_reduce_mean(v / max(1, steps), self.device)
+                for k, v in sums.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        query, gallery = self.dataset.query, self.dataset.gallery
+        q, _ = self.extract(query, "evaluate: query")
+        g, _ = self.extract(gallery, "evaluate: gallery")
+        if not distributed.is_main():
+            return {}
+        dist = pairwise_distance(q, g)
+        as_tensor = lambda rows, col: torch.tensor([r[col] for r in rows])  # noqa: E731
+        return evaluate_ranking(dist, as_tensor(query, 1), as_tensor(gallery, 1),
+                                as_tensor(query, 2), as_tensor(gallery, 2))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self, epoch: int, result: ClusterStageResult | None) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "num_classes": self.model.num_classes,
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": {"base_lr": self.cfg.lr, "step_size": self.cfg.step_size, "gamma": 0.1},
+            "epoch": epoch,
+            "best_map": self.best_map,
+            "best_epoch": self.best_epoch,
+            "initial_metrics": self.initial_metrics,
+            "pseudo_labels": None if result is None else result.labels,
+            "scores": None if result is None else result.scores,
+            "rng": rng_state(),
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def save(self, name: str, epoch: int, result) -> None:
+        if distributed.is_main():
+            save_checkpoint(self.state(epoch, result), self.logs / name)
+
+    def restore(self, path: str) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        saved = state.get("config", {})
+        for key in ("arch", "parts"):
+            if saved.get(key) != getattr(self.cfg, key):
+                raise CheckpointError(
+                    f"{path} was trained with --{key} {saved.get(key)}, this run asks for "
+                    f"--{key} {getattr(self.cfg, key)}; resume with the same settings")
+        c, d, p = state["num_classes"], self.model.feature_dim, self.cfg.parts
+        self.model.reset_classifiers(torch.ones(c, d, device=self.device),
+                                     torch.ones(c, d, p, device=self.device))
+        self.model.load_state_dict(state["model"])
+        self.net = self._wrap(self.model)
+        self._rebuild_optimizer(state["epoch"] + 1)
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_map, self.best_epoch = state["best_map"], state["best_epoch"]
+        self.initial_metrics = state.get("initial_metrics")
+        restore_rng_state(state["rng"])
+        if self.metrics is not None:
+            self.metrics = MetricsLog(self.logs / "metrics.jsonl", truncate_after_epoch=state["epoch"])
+        self.say(f"resumed from {path}: continuing at epoch {self.start_epoch}")
+
+    # ------------------------------------------------------------------ main loop
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = signum
+        self.say(f"received signal {signum}: finishing the current step, then saving and exiting")
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if len(self.train_samples) < cfg.k1:
+            raise ValueError(
+                f"the training set has {len(self.train_samples)} images, fewer than k1={cfg.k1}: "
+                "the k-reciprocal neighbourhoods would be meaningless; lower --k1 or add images")
+        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._fit()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _fit(self) -> dict:
+        cfg = self.cfg
+        if cfg.resume:
+            self.restore(cfg.resume)
+        else:
+            self.initial_metrics = self.evaluate()
+            if distributed.is_main():
+                self.metrics.append({"epoch": -1, **self.initial_metrics})
+                self.say(f"before training: mAP {self.initial_metrics['mAP']:.1%}, "
+                         f"rank-1 {self.initial_metrics['rank1']:.1%}")
+        for epoch in range(self.start_epoch, cfg.epochs):
+            record = self._run_epoch(epoch)
+            if self.stop_requested:
+                self.save("interrupted.pth", epoch - 1, None)
+                self.say(f"stopped during epoch {epoch}; last complete epoch saved in "
+                         f"{self.logs / 'last.pth'}, current weights in {self.logs / 'interrupted.pth'}."
+                         f" Continue with --resume {self.logs / 'last.pth'}")
+                return {"interrupted": True, "epoch": epoch, "signal": int(self.stop_requested)}
+            if distributed.is_main():
+                self.metrics.append(record)
+        return self._finish()
+
+    def _run_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        start = time.perf_counter()
+        result, x_g, x_p, extract_time = self.cluster(epoch)
+        record = {"epoch": epoch, "clusters": result.num_clusters, "outliers": result.num_outliers,
+                  "extract_s": extract_time, **{f"{k}_s": v for k, v in result.timings.items()},
+                  "cluster_backend": result.backend, "lr": self._lr(epoch)}
+        self.say(f"epoch {epoch}: {result.num_clusters} clusters, {result.num_outliers} outliers "
+                 f"(clustering {result.timings['total']:.2f}s on {result.backend})")
+        if result.num_clusters == 0:
+            self.say(f"epoch {epoch}: DBSCAN found no cluster (eps={cfg.eps}); skipping training "
+                     "this epoch — if this persists, raise --eps or train longer")
+            record["skipped"] = "no clusters"
+        else:
+            samples, scores, proxies = self.prepare_epoch(epoch, result, x_g, x_p)
+            del x_g, x_p
+            train_start = time.perf_counter()
+            record.update(self.train_epoch(epoch, samples, scores, proxies))
+            record["train_s"] = time.perf_counter() - train_start
+            record["s_per_iter"] = record["train_s"] / cfg.iters
+        if self.stop_requested:
+            return record
+        if (epoch + 1) % cfg.eval_step == 0 or epoch == cfg.epochs - 1:
+            metrics = self.evaluate()
+            record.update(metrics)
+            if distributed.is_main():
+                improved = metrics["mAP"] > self.best_map
+                if improved:
+                    self.best_map, self.best_epoch = metrics["mAP"], epoch
+                self.say(f"epoch {epoch}: mAP {metrics['mAP']:.1%} rank-1 {metrics['rank1']:.1%} "
+                         f"(best {self.best_map:.1%} at epoch {self.best_epoch})")
+                if improved:
+                    self.save("best.pth", epoch, result)
+        self.save("last.pth", epoch, result)
+        record["epoch_s"] = time.perf_counter() - start
+        return record
+
+    def _finish(self) -> dict:
+        summary = {"initial": self.initial_metrics, "best_epoch": self.best_epoch}
+        if distributed.is_main():
+            best = self.logs / "best.pth"
+            final = None
+            if best.exists():
+                state = load_checkpoint(best, map_location=self.device)
+                final = next((r for r in self.metrics.read() if r.get("epoch") == state["epoch"]
+                              and "mAP" in r), None)
+            summary["final"] = final
+            plot_metrics(self.metrics.read(), self.logs / "metrics.png")
+            (self.logs / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+            if self.initial_metrics and final:
+                self.say(f"mAP before training {self.initial_metrics['mAP']:.1%} -> after training "
+                         f"{final['mAP']:.1%} (best epoch {self.best_epoch}; rank-1 "
+                         f"{final['rank1']:.1%}, rank-5 {final['rank5']:.1%}, "
+                         f"rank-10 {final['rank10']:.1%}, mINP {final['mINP']:.1%})")
+            self.say(f"logs, checkpoints and metrics.png in {self.logs}")
+        return summary
+
