@@ -3,6 +3,8 @@
 #include "cpu/common.h"
 #include "cpu/knn_cpu.h"
 
+#include <memory>
+
 namespace py = pybind11;
 using pplr::Array;
 
@@ -20,23 +22,38 @@ static py::tuple topk_from_distances(Array<float> dist, int64_t k) {
     return py::make_tuple(out_dist, out_index);
 }
 
-static py::tuple topk_rerank(Array<uint16_t> scores_bf16, Array<float> x, int64_t row0, int64_t k,
-                             Array<double> error_bound, double output_roundoff, int64_t cap) {
-    pplr::require(scores_bf16.ndim() == 2 && x.ndim() == 2, "scores and x must be 2-D");
-    const int64_t rows = scores_bf16.shape(0), n = scores_bf16.shape(1), d = x.shape(1);
-    pplr::require(x.shape(0) == n, "scores must have one column per row of x");
-    pplr::require(row0 >= 0 && row0 + rows <= n, "row block out of range");
-    pplr::require(error_bound.ndim() == 1 && error_bound.shape(0) == rows,
-                  "one error bound per row");
+// The symmetric streaming selection, with its sizes remembered for the checks.
+struct SymmetricSelection {
+    int64_t n, k;
+    std::unique_ptr<pplr::SymmetricTopK> state;
+};
+
+static SymmetricSelection symmetric_new(int64_t n, int64_t k, Array<double> error_bound,
+                                        double output_roundoff) {
     pplr::require(k >= 1 && k <= n, "k must lie in [1, n]");
-    auto out_dist = pplr::new_array<float>({rows, k});
-    auto out_index = pplr::new_array<int64_t>({rows, k});
-    auto overflow = pplr::new_array<uint8_t>({rows});
+    pplr::require(n < (int64_t(1) << 31), "at most 2^31 - 1 rows");
+    pplr::require(error_bound.ndim() == 1 && error_bound.shape(0) == n, "one error bound per row");
+    return {n, k, std::make_unique<pplr::SymmetricTopK>(n, k, error_bound.data(), output_roundoff)};
+}
+
+static void symmetric_consume(SymmetricSelection& self, Array<uint16_t> scores_bf16, int64_t r0) {
+    pplr::require(scores_bf16.ndim() == 2, "scores must be 2-D");
+    const int64_t rows = scores_bf16.shape(0);
+    pplr::require(r0 >= 0 && r0 + rows <= self.n && scores_bf16.shape(1) == self.n - r0,
+                  "a block must hold rows [r0, r0 + rows) and columns [r0, n)");
+    py::gil_scoped_release nogil;
+    self.state->consume(scores_bf16.data(), r0, rows);
+}
+
+static py::tuple symmetric_finish(SymmetricSelection& self, Array<float> x, int64_t cap) {
+    pplr::require(x.ndim() == 2 && x.shape(0) == self.n, "x must hold the n rows");
+    auto out_dist = pplr::new_array<float>({self.n, self.k});
+    auto out_index = pplr::new_array<int64_t>({self.n, self.k});
+    auto overflow = pplr::new_array<uint8_t>({self.n});
     {
         py::gil_scoped_release nogil;
-        pplr::topk_rerank_cpu(scores_bf16.data(), rows, n, x.data(), d, row0, k, error_bound.data(),
-                              output_roundoff, cap, out_dist.mutable_data(), out_index.mutable_data(),
-                              overflow.mutable_data());
+        self.state->finish(x.data(), x.shape(1), cap, out_dist.mutable_data(),
+                           out_index.mutable_data(), overflow.mutable_data());
     }
     return py::make_tuple(out_dist, out_index, overflow);
 }
@@ -44,6 +61,9 @@ static py::tuple topk_rerank(Array<uint16_t> scores_bf16, Array<float> x, int64_
 PYBIND11_MODULE(_knn, m) {
     m.doc() = "Exact k-nearest-neighbour selection (CPU, OpenMP).";
     m.def("topk_from_distances", &topk_from_distances, py::arg("dist"), py::arg("k"));
-    m.def("topk_rerank", &topk_rerank, py::arg("scores_bf16"), py::arg("x"), py::arg("row0"),
-          py::arg("k"), py::arg("error_bound"), py::arg("output_roundoff"), py::arg("cap"));
+    py::class_<SymmetricSelection>(m, "SymmetricTopK")
+        .def(py::init(&symmetric_new), py::arg("n"), py::arg("k"), py::arg("error_bound"),
+             py::arg("output_roundoff"))
+        .def("consume", &symmetric_consume, py::arg("scores_bf16"), py::arg("r0"))
+        .def("finish", &symmetric_finish, py::arg("x"), py::arg("cap"));
 }

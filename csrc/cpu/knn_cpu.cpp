@@ -30,20 +30,6 @@ void emit_smallest(std::vector<Entry>& cand, int64_t k, float* out_dist, int64_t
     }
 }
 
-// k-th largest value of row[0..n): a size-k min-heap of the best values seen.
-float kth_largest(const float* row, int64_t n, int64_t k, std::vector<float>& heap) {
-    heap.assign(row, row + k);
-    std::make_heap(heap.begin(), heap.end(), std::greater<float>());
-    for (int64_t j = k; j < n; ++j) {
-        if (row[j] > heap.front()) {
-            std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
-            heap.back() = row[j];
-            std::push_heap(heap.begin(), heap.end(), std::greater<float>());
-        }
-    }
-    return heap.front();
-}
-
 // Lowest score a column may have and still be among the exact top-k.
 // With c = error_bound and u = output_roundoff, every score s obeys
 // |s - a| <= c + u|s| against the exact fp32 similarity a. The k columns
@@ -77,28 +63,76 @@ void topk_from_distances_cpu(const float* dist, int64_t rows, int64_t n, int64_t
     }
 }
 
-void topk_rerank_cpu(const uint16_t* scores_bf16, int64_t rows, int64_t n, const float* x,
-                     int64_t d, int64_t row0, int64_t k, const double* error_bound,
-                     double output_roundoff, int64_t cap,
-                     float* out_dist, int64_t* out_index, uint8_t* overflow) {
+SymmetricTopK::SymmetricTopK(int64_t n, int64_t k, const double* error_bound,
+                             double output_roundoff)
+    : n_(n), k_(k), roundoff_(output_roundoff), bound_(error_bound, error_bound + n), rows_(n) {}
+
+inline void SymmetricTopK::offer(int64_t row, float score, int64_t column) {
+    Row& r = rows_[row];
+    if (static_cast<int64_t>(r.heap.size()) < k_) {
+        r.heap.push_back(score);
+        std::push_heap(r.heap.begin(), r.heap.end(), std::greater<float>());
+        if (static_cast<int64_t>(r.heap.size()) == k_)
+            r.floor = candidate_floor(r.heap.front(), bound_[row], roundoff_);
+    } else if (score > r.heap.front()) {
+        std::pop_heap(r.heap.begin(), r.heap.end(), std::greater<float>());
+        r.heap.back() = score;
+        std::push_heap(r.heap.begin(), r.heap.end(), std::greater<float>());
+        r.floor = candidate_floor(r.heap.front(), bound_[row], roundoff_);
+    }
+    if (score < r.floor) return;
+    r.cand.push_back({score, static_cast<int32_t>(column)});
+    if (r.cand.size() > 2 * std::max<size_t>(r.pruned_size, 64)) {   // drop what fell below
+        const float floor = r.floor;
+        r.cand.erase(std::remove_if(r.cand.begin(), r.cand.end(),
+                                    [floor](const std::pair<float, int32_t>& c) { return c.first < floor; }),
+                     r.cand.end());
+        r.pruned_size = r.cand.size();
+    }
+}
+
+void SymmetricTopK::consume(const uint16_t* scores, int64_t r0, int64_t rows) {
+    const int64_t width = n_ - r0;
+    constexpr int64_t kTile = 32;
 #pragma omp parallel
     {
-        std::vector<float> row(n), heap;
+        // the block's own rows see columns [r0, n)
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t b = 0; b < rows; ++b) {
+            const uint16_t* src = scores + b * width;
+            for (int64_t c = 0; c < width; ++c) offer(r0 + b, bf16_to_float(src[c]), r0 + c);
+        }
+        // rows right of the block see its columns [r0, r0 + rows), read as column tiles
+        const int64_t tiles = (width - rows + kTile - 1) / kTile;
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t t = 0; t < tiles; ++t) {
+            const int64_t c0 = rows + t * kTile, c1 = std::min(width, c0 + kTile);
+            for (int64_t b = 0; b < rows; ++b) {
+                const uint16_t* src = scores + b * width;
+                for (int64_t c = c0; c < c1; ++c) offer(r0 + c, bf16_to_float(src[c]), r0 + b);
+            }
+        }
+    }
+}
+
+void SymmetricTopK::finish(const float* x, int64_t d, int64_t cap, float* out_dist,
+                           int64_t* out_index, uint8_t* overflow) {
+#pragma omp parallel
+    {
         std::vector<Entry> cand;
-#pragma omp for schedule(dynamic, 8)
-        for (int64_t r = 0; r < rows; ++r) {
-            const uint16_t* src = scores_bf16 + r * n;
-            for (int64_t j = 0; j < n; ++j) row[j] = bf16_to_float(src[j]);
-            const float floor = candidate_floor(kth_largest(row.data(), n, k, heap),
-                                                error_bound[r], output_roundoff);
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t i = 0; i < n_; ++i) {
+            Row& r = rows_[i];
             cand.clear();
-            for (int64_t j = 0; j < n; ++j)
-                if (row[j] >= floor) cand.push_back({0.0f, j});
-            overflow[r] = static_cast<int64_t>(cand.size()) > cap;
-            if (overflow[r]) continue;
-            const float* xi = x + (row0 + r) * d;
-            for (auto& c : cand) c.first = sq_distance(xi, x + c.second * d, d);
-            emit_smallest(cand, k, out_dist + r * k, out_index + r * k);
+            for (const auto& c : r.cand)
+                if (c.first >= r.floor) cand.push_back({0.0f, c.second});
+            overflow[i] = static_cast<int64_t>(cand.size()) > cap;
+            if (!overflow[i]) {
+                const float* xi = x + i * d;
+                for (auto& c : cand) c.first = sq_distance(xi, x + c.second * d, d);
+                emit_smallest(cand, k_, out_dist + i * k_, out_index + i * k_);
+            }
+            r = Row();
         }
     }
 }

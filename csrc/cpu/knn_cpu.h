@@ -1,6 +1,9 @@
 // Exact k-nearest-neighbour selection on the CPU (OpenMP over rows).
 #pragma once
+#include <cmath>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace pplr {
 
@@ -9,18 +12,38 @@ namespace pplr {
 void topk_from_distances_cpu(const float* dist, int64_t rows, int64_t n, int64_t k,
                              float* out_dist, int64_t* out_index);
 
-// Rows row0 .. row0+rows-1 of the kNN of x (n x d, L2-normalised), from a
-// block of low-precision similarity scores (bf16 bit patterns, rows x n).
-// error_bound[r] bounds |score - exact fp32 <x_i, x_j>| for row r apart from
+// Exact top-k of every row of a symmetric similarity matrix delivered as
+// low-precision (bf16) row blocks [r0, r0 + rows) x [r0, n): each block
+// serves its own rows and, transposed, the rows of the columns right of it,
+// so the GEMM producing the blocks does half the work.
+//
+// error_bound[i] bounds |score - exact fp32 <x_i, x_j>| for row i apart from
 // the rounding of the score itself to bf16 (relative, output_roundoff). Every
-// column whose score could still beat the exact k-th neighbour under that
-// bound is a candidate; candidates are re-ranked with fp32 distances
-// 2 - 2<x_i, x_j>, so the result is the exact fp32 top-k.
-// A row with more than `cap` candidates is flagged in `overflow` (and its
-// output left unset) so the caller can finish it with exact distances.
-void topk_rerank_cpu(const uint16_t* scores_bf16, int64_t rows, int64_t n, const float* x,
-                     int64_t d, int64_t row0, int64_t k, const double* error_bound,
-                     double output_roundoff, int64_t cap,
-                     float* out_dist, int64_t* out_index, uint8_t* overflow);
+// row keeps a min-heap of its k best scores and every column that could still
+// beat the exact k-th neighbour under that bound, as the threshold rises
+// (see candidate_floor); finish() re-ranks the candidates with fp32 distances
+// 2 - 2<x_i, x_j>, so the result is the exact fp32 top-k sorted by
+// (distance, column). A row with more than `cap` candidates is flagged in
+// `overflow` (output left unset) for the caller to finish from exact distances.
+class SymmetricTopK {
+  public:
+    SymmetricTopK(int64_t n, int64_t k, const double* error_bound, double output_roundoff);
+    void consume(const uint16_t* scores_bf16, int64_t r0, int64_t rows);
+    void finish(const float* x, int64_t d, int64_t cap, float* out_dist, int64_t* out_index,
+                uint8_t* overflow);
+
+  private:
+    struct Row {
+        std::vector<float> heap;                         // min-heap of the k best scores
+        std::vector<std::pair<float, int32_t>> cand;     // (score, column)
+        size_t pruned_size = 0;
+        float floor = -INFINITY;
+    };
+    void offer(int64_t row, float score, int64_t column);
+    int64_t n_, k_;
+    double roundoff_;
+    std::vector<double> bound_;
+    std::vector<Row> rows_;
+};
 
 }  // namespace pplr

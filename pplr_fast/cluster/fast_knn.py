@@ -13,7 +13,10 @@ re-ranked with fp32 distances. A row whose candidate set is unusually large
 (nearly equidistant data) is finished with one fp32 GEMM row instead.
 
 CPU: bf16 GEMM (oneDNN/MKL, ~4-5x faster than fp32 on CPUs with native bf16)
-+ the C++ selection in ``csrc/cpu/knn_cpu.cpp``. Without native bf16 the
+over the upper triangle only — each block of scores serves its rows and,
+transposed, its columns — streamed into the C++ selection of
+``csrc/cpu/knn_cpu.cpp`` (a running top-k threshold per row and the columns
+that can still reach it). Without native bf16 the
 fp32 GEMM is used directly with the same C++ selection. CUDA: fp16 cuBLAS GEMM
 + torch.topk + a Triton kernel for the fp32 re-rank.
 """
@@ -87,16 +90,20 @@ def nearest_neighbours_cpu(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
 
     x_low = x.bfloat16()
     bounds = rounding_error_bounds(x, x_low, 2.0 ** -24).numpy()
-    x_np = x.numpy()
-    step = block_rows(n, 2)
+    selection = _knn.SymmetricTopK(n, k, bounds, 2.0 ** -8)
+    # Block rows [r0, r1) x columns [r0, n): the blocks cover the upper triangle,
+    # half the GEMM. ~6 blocks is enough; memory caps the block at BLOCK_BYTES.
+    step = min(block_rows(n, 2), max(512, -(-n // 6)))
     for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        scores = (x_low[r0:r1] @ x_low.T).view(torch.int16).numpy().view(np.uint16)
-        d, i, overflow = _knn.topk_rerank(scores, x_np, r0, k, bounds[r0:r1], 2.0 ** -8,
-                                          CANDIDATE_CAP)
-        dist[r0:r1], index[r0:r1] = d, i
-        if overflow.any():
-            rows = r0 + np.flatnonzero(overflow)
-            block = 2 - 2 * (x[torch.from_numpy(rows)] @ x.T)
-            dist[rows], index[rows] = _knn.topk_from_distances(block.numpy(), k)
+        scores = x_low[r0:r0 + step] @ x_low[r0:].T
+        selection.consume(scores.view(torch.int16).numpy().view(np.uint16), r0)
+        del scores
+    d, i, overflow = selection.finish(x.numpy(), CANDIDATE_CAP)
+    dist[:], index[:] = d, i
+    if overflow.any():
+        rows = np.flatnonzero(overflow)
+        for r0 in range(0, len(rows), block_rows(n, 4)):
+            chunk = rows[r0:r0 + block_rows(n, 4)]
+            block = 2 - 2 * (x[torch.from_numpy(chunk)] @ x.T)
+            dist[chunk], index[chunk] = _knn.topk_from_distances(block.numpy(), k)
     return torch.from_numpy(dist), torch.from_numpy(index)
