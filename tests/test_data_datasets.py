@@ -34,7 +34,8 @@ def _market_tree(data_dir, folder_name="Market-1501-v15.09.15"):
         "0002_c9s1_000451_03.jpg",    # camera out of range
         "0002c1s1_000451_03.jpg",     # malformed
     ])
-    _touch_images(os.path.join(root, "query"), ["0003_c1s1_000100_00.jpg", "0003_c4s2_000200_00.jpg"])
+    _touch_images(os.path.join(root, "query"),
+                  ["0003_c1s1_000100_00.jpg", "0003_c4s2_000200_00.jpg"])
     _touch_images(os.path.join(root, "bounding_box_test"), [
         "0003_c2s1_000300_00.jpg", "0000_c5s1_000400_00.jpg", "-1_c6s1_000500_00.jpg",
         "0004_c6s1_000600_00.jpg"])
@@ -129,7 +130,8 @@ def test_msmt_lists_val_merged_into_train_cameras_zero_based(tmp_path):
         (os.path.join(train_dir, "0001/0001_004_15_0303noon_0100_1.jpg"), 1, 14),
         (os.path.join(train_dir, "0001/0001_005_07_0303noon_0101_0.jpg"), 1, 6),
     ]
-    assert dataset.query == [(os.path.join(root, "test", "0000/0000_000_03_0113morning_0001_0.jpg"), 0, 2)]
+    query_path = os.path.join(root, "test", "0000/0000_000_03_0113morning_0001_0.jpg")
+    assert dataset.query == [(query_path, 0, 2)]
     assert [(pid, cam) for _, pid, cam in dataset.gallery] == [(0, 4), (2, 4)]
     assert dataset.num_train_pids == 2
 
@@ -175,8 +177,9 @@ def test_names_aliases_and_presets():
     with pytest.raises(ValueError, match="market1501.*msmt17"):
         canonical_dataset_name("cuhk03")
     assert set(DATASET_PRESETS) == set(DATASET_NAMES)
-    market, msmt, veri = DATASET_PRESETS["market1501"], DATASET_PRESETS["msmt17"], DATASET_PRESETS["veri"]
-    assert (market.height, market.width, market.eps, market.eps_cam, market.lam_cam) == (384, 128, 0.6, 0.4, 0.5)
+    market, msmt, veri = (DATASET_PRESETS[n] for n in ("market1501", "msmt17", "veri"))
+    assert (market.height, market.width, market.eps, market.eps_cam, market.lam_cam) \
+        == (384, 128, 0.6, 0.4, 0.5)
     assert (msmt.eps, msmt.eps_cam, msmt.lam_cam) == (0.7, 0.6, 1.0)
     assert (veri.height, veri.width, veri.num_instances, veri.eps) == (256, 256, 8, 0.7)
 
@@ -192,7 +195,8 @@ def test_image_dataset_items_and_corrupt_file(tmp_path):
                            build_test_transform(16, 8))
     assert len(dataset) == 3
     image, pid, camid, index = dataset[0]
-    assert image.shape == (3, 16, 8) and image.dtype == torch.float32 and (pid, camid, index) == (1, 0, 0)
+    assert image.shape == (3, 16, 8) and image.dtype == torch.float32
+    assert (pid, camid, index) == (1, 0, 0)
     for index, path in ((1, truncated), (2, not_image)):
         with pytest.raises(ImageReadError) as error:
             dataset[index]

@@ -24,7 +24,8 @@ def _stripe_means(path):
     pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
     height, width = pixels.shape[:2]
     centre = pixels[:, width * 3 // 8: width * 5 // 8]
-    return np.concatenate([centre[i * height // 3:(i + 1) * height // 3].mean((0, 1)) for i in range(3)])
+    stripes = [centre[i * height // 3:(i + 1) * height // 3] for i in range(3)]
+    return np.concatenate([stripe.mean((0, 1)) for stripe in stripes])
 
 
 def test_default_dataset_counts_and_market_names(default_dataset):
@@ -132,9 +133,11 @@ def test_reuse_and_atomic_regeneration(tmp_path):
 
 
 def test_preview_grid(tmp_path, default_dataset):
-    png = save_preview(default_dataset.root, str(tmp_path / "preview.png"), num_ids=3, images_per_id=4)
+    png = save_preview(default_dataset.root, str(tmp_path / "preview.png"),
+                       num_ids=3, images_per_id=4)
     with Image.open(png) as grid:
-        assert grid.size == (4 * (synthetic.IMAGE_WIDTH + 2) + 2, 3 * (synthetic.IMAGE_HEIGHT + 2) + 2)
+        assert grid.size == (4 * (synthetic.IMAGE_WIDTH + 2) + 2,
+                             3 * (synthetic.IMAGE_HEIGHT + 2) + 2)
 
 
 def test_too_many_cameras_for_market_names(tmp_path):

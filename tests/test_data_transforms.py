@@ -26,7 +26,8 @@ def test_test_transform_shape_dtype_and_normalisation():
     image = Image.new("RGB", (30, 70), (255, 0, 128))
     out = build_test_transform(32, 16)(image)
     assert out.shape == (3, 32, 16) and out.dtype == torch.float32 and out.is_contiguous()
-    expected = (torch.tensor([1.0, 0.0, 128 / 255]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    rgb = torch.tensor([1.0, 0.0, 128 / 255])
+    expected = (rgb - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert torch.allclose(out.mean((1, 2)), expected, atol=1e-5)
     assert torch.equal(out, build_test_transform(32, 16)(image))
 

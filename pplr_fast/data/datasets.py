@@ -147,7 +147,8 @@ _DUKE_NAMES = _NameFormat(re.compile(r"(-1|\d+)_c(\d+)_f\d+"), 8,
 _VERI_NAMES = _NameFormat(re.compile(r"(-1|\d+)_c(\d+)_.+"), 20,
                           "VVVV_cCCC_....jpg, e.g. 0001_c001_00016450_0.jpg")
 _MSMT_NAMES = _NameFormat(re.compile(r"(\d+)_\d+_(\d+)_.+"), 15,
-                          "PPPP_NNN_CC_....jpg with camera CC, e.g. 0000_000_01_0303morning_0015_0.jpg")
+                          "PPPP_NNN_CC_....jpg with camera CC, "
+                          "e.g. 0000_000_01_0303morning_0015_0.jpg")
 
 
 def _is_image(name: str) -> bool:
@@ -268,7 +269,7 @@ _MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 
 
 def read_market_layout(root: str, name: str = "market1501") -> ReidDataset:
-    """Parse a folder holding Market-1501's ``bounding_box_train``/``query``/``bounding_box_test``."""
+    """Parse a folder holding Market-1501's three image folders (any dataset in that layout)."""
     root = os.path.abspath(root)
     _check_entries(name, root, _MARKET_FOLDERS)
     return _read_three_folder_layout(name, name, root, _MARKET_FOLDERS, _MARKET_NAMES)

@@ -230,7 +230,8 @@ class _Canvas:
         return inside_rows & (np.abs(self.u - centre) <= half0 + t * (half1 - half0))
 
 
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: tuple[int, int]) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, height: int, width: int,
+                  cells: tuple[int, int]) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a small random grid upsampled bilinearly."""
     grid = rng.uniform(0, 255, cells).astype(np.uint8)
     big = Image.fromarray(grid).resize((width, height), Image.BILINEAR)
@@ -255,8 +256,10 @@ def _draw_background(canvas: _Canvas, cam: _Camera, rng: np.random.Generator) ->
     else:  # blotches
         lines = _smooth_noise(rng, height, width, (6, 3)) > 0.3
     # Each image mixes the camera's scene colours with colours of its own.
-    wall_colour = 0.8 * cam.wall + 0.2 * _hsv(rng.random(), rng.uniform(0.0, 0.2), rng.uniform(0.35, 0.85))
-    floor_colour = 0.8 * cam.floor + 0.2 * _hsv(rng.random(), rng.uniform(0.0, 0.2), rng.uniform(0.25, 0.7))
+    own_wall = _hsv(rng.random(), rng.uniform(0.0, 0.2), rng.uniform(0.35, 0.85))
+    own_floor = _hsv(rng.random(), rng.uniform(0.0, 0.2), rng.uniform(0.25, 0.7))
+    wall_colour = 0.8 * cam.wall + 0.2 * own_wall
+    floor_colour = 0.8 * cam.floor + 0.2 * own_floor
     is_floor = rows >= (cam.horizon + rng.uniform(-0.03, 0.03)) * height
     shade = np.where(is_floor, 1.0 - 0.15 * _smooth_noise(rng, height, width, (4, 2)),
                      1.0 - 0.12 * lines)
@@ -297,7 +300,8 @@ def _draw_person(canvas: _Canvas, person: _Person, view: str, rng: np.random.Gen
         canvas.paint(leg, person.skin if person.bottom_style != "trousers" else person.bottom)
         if person.bottom_style == "shorts":
             canvas.paint(leg & (canvas.v < 0.66), person.bottom)
-        canvas.paint(canvas.ellipse(foot[0] + (0.03 if side else 0.0), 0.955, 0.05, 0.025), person.shoes)
+        toe_u = foot[0] + (0.03 if side else 0.0)
+        canvas.paint(canvas.ellipse(toe_u, 0.955, 0.05, 0.025), person.shoes)
     if person.bottom_style == "skirt":
         canvas.paint(canvas.trapezoid(0.47, 0.7, waist, waist * 1.6), person.bottom)
     else:
@@ -317,7 +321,8 @@ def _draw_person(canvas: _Canvas, person: _Person, view: str, rng: np.random.Gen
         canvas.paint(canvas.trapezoid(0.19, 0.43, 0.075 * width, 0.08 * width), person.bag)
     if person.bag_style == "backpack" and view == "front":
         for strap in (-0.055, 0.055):
-            canvas.paint(canvas.trapezoid(0.16, 0.32, 0.012, 0.012, centre=strap * width), person.bag)
+            straps = canvas.trapezoid(0.16, 0.32, 0.012, 0.012, centre=strap * width)
+            canvas.paint(straps, person.bag)
 
     # arms: sleeves then hands
     sleeve_end = 0.44 if person.long_sleeves else 0.27
@@ -376,7 +381,8 @@ def _render_image(person: _Person | None, cam: _Camera, occluded: bool,
     canvas = _Canvas(height, width)
     _draw_background(canvas, cam, rng)
     if person is not None:
-        person_height = height * person.tallness * np.clip(cam.scale + rng.normal(0, 0.03), 0.7, 1.0)
+        scale = np.clip(cam.scale + rng.normal(0, 0.03), 0.7, 1.0)
+        person_height = height * person.tallness * scale
         top = (height - person_height) / 2 + rng.normal(0.0, 0.02) * height
         centre = width * (0.5 + cam.shift_x + rng.normal(0.0, 0.04))
         canvas.place_person(top, centre, person_height)
@@ -525,7 +531,11 @@ def make_synthetic_dataset(root: str, seed: int = 0, *, num_train_ids: int = 64,
             stale = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-stale-", dir=root)
             os.replace(target, os.path.join(stale, FOLDER_NAME))
             shutil.rmtree(stale)
-        os.replace(temp, target)
+        try:
+            os.replace(temp, target)
+        except OSError:  # another process moved its copy in meanwhile
+            if not _is_complete(target, config):
+                raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return target
