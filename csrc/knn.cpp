@@ -8,11 +8,11 @@
 namespace py = pybind11;
 using pplr::Array;
 
-static py::tuple topk_from_distances(Array<float> dist, int64_t k) {
+static py::tuple topk_from_distances(Array<double> dist, int64_t k) {
     pplr::require(dist.ndim() == 2, "dist must be 2-D");
     const int64_t rows = dist.shape(0), n = dist.shape(1);
     pplr::require(k >= 1 && k <= n, "k must lie in [1, n]");
-    auto out_dist = pplr::new_array<float>({rows, k});
+    auto out_dist = pplr::new_array<double>({rows, k});
     auto out_index = pplr::new_array<int64_t>({rows, k});
     {
         py::gil_scoped_release nogil;
@@ -47,7 +47,7 @@ static void symmetric_consume(SymmetricSelection& self, Array<uint16_t> scores_b
 
 static py::tuple symmetric_finish(SymmetricSelection& self, Array<float> x, int64_t cap) {
     pplr::require(x.ndim() == 2 && x.shape(0) == self.n, "x must hold the n rows");
-    auto out_dist = pplr::new_array<float>({self.n, self.k});
+    auto out_dist = pplr::new_array<double>({self.n, self.k});
     auto out_index = pplr::new_array<int64_t>({self.n, self.k});
     auto overflow = pplr::new_array<uint8_t>({self.n});
     {

@@ -7,8 +7,8 @@ From the kNN lists ``rank`` (N, K), K = min(k1, N), sorted by ``(d, index)``:
 2. expansion: per row a padded buffer holding R(i, k1) and every accepted
    R(c, h) (exact integer test ``3 |R(c,h) ∩ R(i,k1)| > 2 |R(c,h)|``), then a
    per-row sort + unique gives E(i) as CSR;
-3. V: fp32 distances of (i, j in E(i)) (``pair_sq_distance``) and a row
-   softmax of -d;
+3. V: fp64 distances of (i, j in E(i)) (``pair_sq_distance``) and a row
+   softmax of -d, stored in fp32;
 4. V' = mean of V over the first k2 kNN entries (sort + segment sum);
 5. Jaccard: an inverted index (CSC) of V'; for a chunk of rows, every
    non-zero (i, l) walks the posting list of column l (rows j >= i) and
@@ -90,17 +90,17 @@ def _expansion_kernel(rank_ptr, mask1_ptr, maskh_ptr, out_ptr, row0, n, K, L1, L
 
 @triton.jit
 def _row_softmax_kernel(dist_ptr, crow_ptr, out_ptr, BLOCK: tl.constexpr):
-    """out = softmax of -dist over each CSR row (shifted by the row's smallest distance)."""
+    """out = softmax of -dist over each CSR row (shifted by the row's smallest distance), fp64."""
     i = tl.program_id(0).to(tl.int64)
     start = tl.load(crow_ptr + i)
     stop = tl.load(crow_ptr + i + 1)
     offs = start + tl.arange(0, BLOCK)
     valid = offs < stop
-    d = tl.load(dist_ptr + offs, mask=valid, other=float("inf"))
+    d = tl.load(dist_ptr + offs, mask=valid, other=float("inf")).to(tl.float64)
     lowest = tl.minimum(tl.min(d, axis=0), 3.0e38)        # finite even for an empty row
     w = tl.exp(lowest - d)                                 # 0 in the padding
     total = tl.sum(w, axis=0)
-    tl.store(out_ptr + offs, tl.math.div_rn(w, tl.where(total > 0, total, 1.0)), mask=valid)
+    tl.store(out_ptr + offs, w / tl.where(total > 0, total, 1.0), mask=valid)   # fp64 division is IEEE
 
 
 @triton.jit
@@ -179,7 +179,7 @@ def encode(x: torch.Tensor, rank: torch.Tensor, k1: int
     if longest:
         _row_softmax_kernel[(n,)](dist, crow, val, BLOCK=triton.next_power_of_2(longest),
                                   **LAUNCH)
-    return crow, col, val
+    return crow, col, val.float()      # softmax in fp64, V stored in fp32 (as on the CPU)
 
 
 def query_expand(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, rank: torch.Tensor,

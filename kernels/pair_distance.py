@@ -1,10 +1,11 @@
-"""Exact fp32 squared distances ``2 - 2 <x_r, x_c>`` of a list of row pairs.
+"""Exact squared distances ``2 - 2 <x_r, x_c>`` of a list of row pairs, in fp64.
 
 The re-rank step of the fast kNN and the distances of the Jaccard encoding
-both need the fp32 distance of a few candidate pairs per row, never the full
-N x N matrix. One program takes BLOCK_P pairs, gathers both rows in BLOCK_D
-chunks and keeps a (BLOCK_P, BLOCK_D) fp32 partial-sum tile, reduced once at
-the end.
+both need the distance of a few candidate pairs per row, never the full
+N x N matrix. One program takes BLOCK_P pairs, gathers both fp32 rows in
+BLOCK_D chunks and keeps a (BLOCK_P, BLOCK_D) fp64 partial-sum tile (a product
+of two fp32 numbers is exact in fp64), reduced once at the end — the
+precision every backend ranks neighbours with (see pplr_fast/cluster/knn.py).
 
 The block sizes depend on D only, so every call computes a given pair with
 the same arithmetic: equal inputs give bit-equal distances (exact ties of
@@ -16,7 +17,7 @@ import triton.language as tl
 
 from pplr_fast.kernels import LAUNCH
 
-TILE_ELEMENTS = 4096      # BLOCK_P x BLOCK_D: the partial sums a program holds
+TILE_ELEMENTS = 2048      # BLOCK_P x BLOCK_D: the fp64 partial sums a program holds
 
 
 @triton.jit
@@ -29,13 +30,13 @@ def _pair_sq_distance_kernel(x_ptr, rows_ptr, cols_ptr, out_ptr, n_pairs, n_rows
     valid = valid & (r >= 0) & (r < n_rows) & (c >= 0) & (c < n_rows)
     a_rows = x_ptr + r[:, None] * stride_x
     b_rows = x_ptr + c[:, None] * stride_x
-    acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float64)
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)[None, :]
         mask = valid[:, None] & (d < dim)
         a = tl.load(a_rows + d, mask=mask, other=0.0)
         b = tl.load(b_rows + d, mask=mask, other=0.0)
-        acc += a * b
+        acc += a.to(tl.float64) * b.to(tl.float64)
     dot = tl.sum(acc, axis=1)
     tl.store(out_ptr + pairs, 2.0 - 2.0 * dot, mask=pairs < n_pairs)
 
@@ -47,12 +48,12 @@ def block_sizes(dim: int) -> tuple[int, int]:
 
 
 def pair_sq_distance(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """(P,) fp32 ``2 - 2 <x[rows[p]], x[cols[p]]>`` for int64 index vectors ``rows``, ``cols``."""
+    """(P,) fp64 ``2 - 2 <x[rows[p]], x[cols[p]]>`` for int64 index vectors ``rows``, ``cols``."""
     x = x.float().contiguous()
     rows = rows.to(torch.int64).contiguous()
     cols = cols.to(torch.int64).contiguous()
     n_pairs = rows.numel()
-    out = torch.empty(n_pairs, dtype=torch.float32, device=x.device)
+    out = torch.empty(n_pairs, dtype=torch.float64, device=x.device)
     if n_pairs == 0:
         return out
     block_p, block_d = block_sizes(x.shape[1])

@@ -26,25 +26,26 @@ inline void require(bool ok, const std::string& message) {
     if (!ok) throw std::invalid_argument(message);
 }
 
-// Dot product of two fp32 rows in a fixed summation order (16 interleaved
-// partial sums, then a fixed tree): the same inputs always give the same bits,
-// whichever row pair, thread or call computes them.
-inline float dot(const float* a, const float* b, int64_t d) {
-    float acc[16] = {0};
+// Dot product of two fp32 rows, accumulated in fp64 (each product of two
+// fp32 numbers is exact in fp64) in a fixed order: 8 interleaved partial
+// sums, then a fixed tree. The same inputs always give the same bits, and the
+// result is within ~d * 2^-53 of the exact dot product.
+inline double dot64(const float* a, const float* b, int64_t d) {
+    double acc[8] = {0};
     int64_t t = 0;
-    for (; t + 16 <= d; t += 16) {
+    for (; t + 8 <= d; t += 8) {
 #pragma omp simd
-        for (int u = 0; u < 16; ++u) acc[u] += a[t + u] * b[t + u];
+        for (int u = 0; u < 8; ++u) acc[u] += static_cast<double>(a[t + u]) * b[t + u];
     }
-    for (int u = 0; t < d; ++t, ++u) acc[u] += a[t] * b[t];
-    for (int w = 8; w > 0; w /= 2)
+    for (int u = 0; t < d; ++t, ++u) acc[u] += static_cast<double>(a[t]) * b[t];
+    for (int w = 4; w > 0; w /= 2)
         for (int u = 0; u < w; ++u) acc[u] += acc[u + w];
     return acc[0];
 }
 
-// The project's distance between L2-normalised rows: 2 - 2 <a, b>.
-inline float sq_distance(const float* a, const float* b, int64_t d) {
-    return 2.0f - 2.0f * dot(a, b, d);
+// The project's distance between L2-normalised rows: 2 - 2 <a, b>, in fp64.
+inline double sq_distance(const float* a, const float* b, int64_t d) {
+    return 2.0 - 2.0 * dot64(a, b, d);
 }
 
 // CSR with int64 row pointers and columns, float values.

@@ -83,7 +83,7 @@ Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_
     {
         std::vector<int64_t> r1, e;
         std::vector<uint8_t> in_r1(n, 0);
-        std::vector<float> dist;
+        std::vector<double> dist;
 #pragma omp for schedule(dynamic, 64)
         for (int64_t i = 0; i < n; ++i) {
             reciprocal(rank, K, i, len1, r1);
@@ -102,16 +102,16 @@ Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_
             if (e.empty()) continue;
             // softmax of -d over E(i), shifted by the smallest distance
             dist.resize(e.size());
-            float lowest = INFINITY;
+            double lowest = INFINITY;
             for (size_t t = 0; t < e.size(); ++t) {
                 dist[t] = sq_distance(x + i * d, x + e[t] * d, d);
                 lowest = std::min(lowest, dist[t]);
             }
-            float total = 0.0f;
-            for (float& w : dist) total += (w = std::exp(lowest - w));
+            double total = 0.0;
+            for (double& w : dist) total += (w = std::exp(lowest - w));
             v[i].col = e;
             v[i].val.resize(e.size());
-            for (size_t t = 0; t < e.size(); ++t) v[i].val[t] = dist[t] / total;
+            for (size_t t = 0; t < e.size(); ++t) v[i].val[t] = static_cast<float>(dist[t] / total);
         }
     }
     if (k2 <= 1) return flatten(v);

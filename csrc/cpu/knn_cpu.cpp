@@ -12,7 +12,7 @@ namespace pplr {
 
 namespace {
 
-using Entry = std::pair<float, int64_t>;   // (distance, column): lexicographic order
+using Entry = std::pair<double, int64_t>;   // (distance, column): lexicographic order
 
 inline float bf16_to_float(uint16_t bits) {
     uint32_t wide = static_cast<uint32_t>(bits) << 16;
@@ -22,7 +22,7 @@ inline float bf16_to_float(uint16_t bits) {
 }
 
 // Write the k smallest entries of `cand` (by distance, then column), sorted.
-void emit_smallest(std::vector<Entry>& cand, int64_t k, float* out_dist, int64_t* out_index) {
+void emit_smallest(std::vector<Entry>& cand, int64_t k, double* out_dist, int64_t* out_index) {
     std::partial_sort(cand.begin(), cand.begin() + k, cand.end());
     for (int64_t t = 0; t < k; ++t) {
         out_dist[t] = cand[t].first;
@@ -32,7 +32,7 @@ void emit_smallest(std::vector<Entry>& cand, int64_t k, float* out_dist, int64_t
 
 // Lowest score a column may have and still be among the exact top-k.
 // With c = error_bound and u = output_roundoff, every score s obeys
-// |s - a| <= c + u|s| against the exact fp32 similarity a. The k columns
+// |s - a| <= c + u|s| against the exact similarity a. The k columns
 // scoring >= t (the k-th best score) have a >= t - u|t| - c =: L, so the
 // exact k-th best similarity is >= L; a column j can reach L only if
 // s_j + u|s_j| >= L - c.
@@ -44,14 +44,14 @@ float candidate_floor(float t, double c, double u) {
 
 }  // namespace
 
-void topk_from_distances_cpu(const float* dist, int64_t rows, int64_t n, int64_t k,
-                             float* out_dist, int64_t* out_index) {
+void topk_from_distances_cpu(const double* dist, int64_t rows, int64_t n, int64_t k,
+                             double* out_dist, int64_t* out_index) {
 #pragma omp parallel
     {
         std::vector<Entry> cand(n);
 #pragma omp for schedule(dynamic, 8)
         for (int64_t r = 0; r < rows; ++r) {
-            const float* row = dist + r * n;
+            const double* row = dist + r * n;
             for (int64_t j = 0; j < n; ++j) cand[j] = {row[j], j};
             std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end());
             std::sort(cand.begin(), cand.begin() + k);
@@ -115,7 +115,7 @@ void SymmetricTopK::consume(const uint16_t* scores, int64_t r0, int64_t rows) {
     }
 }
 
-void SymmetricTopK::finish(const float* x, int64_t d, int64_t cap, float* out_dist,
+void SymmetricTopK::finish(const float* x, int64_t d, int64_t cap, double* out_dist,
                            int64_t* out_index, uint8_t* overflow) {
 #pragma omp parallel
     {
@@ -125,7 +125,7 @@ void SymmetricTopK::finish(const float* x, int64_t d, int64_t cap, float* out_di
             Row& r = rows_[i];
             cand.clear();
             for (const auto& c : r.cand)
-                if (c.first >= r.floor) cand.push_back({0.0f, c.second});
+                if (c.first >= r.floor) cand.push_back({0.0, c.second});
             overflow[i] = static_cast<int64_t>(cand.size()) > cap;
             if (!overflow[i]) {
                 const float* xi = x + i * d;

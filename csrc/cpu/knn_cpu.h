@@ -9,27 +9,27 @@ namespace pplr {
 
 // Rows of a block of exact distances `dist` (rows x n): the k smallest of
 // each row by (distance, column), sorted.
-void topk_from_distances_cpu(const float* dist, int64_t rows, int64_t n, int64_t k,
-                             float* out_dist, int64_t* out_index);
+void topk_from_distances_cpu(const double* dist, int64_t rows, int64_t n, int64_t k,
+                             double* out_dist, int64_t* out_index);
 
 // Exact top-k of every row of a symmetric similarity matrix delivered as
 // low-precision (bf16) row blocks [r0, r0 + rows) x [r0, n): each block
 // serves its own rows and, transposed, the rows of the columns right of it,
 // so the GEMM producing the blocks does half the work.
 //
-// error_bound[i] bounds |score - exact fp32 <x_i, x_j>| for row i apart from
+// error_bound[i] bounds |score - exact <x_i, x_j>| for row i apart from
 // the rounding of the score itself to bf16 (relative, output_roundoff). Every
 // row keeps a min-heap of its k best scores and every column that could still
 // beat the exact k-th neighbour under that bound, as the threshold rises
-// (see candidate_floor); finish() re-ranks the candidates with fp32 distances
-// 2 - 2<x_i, x_j>, so the result is the exact fp32 top-k sorted by
-// (distance, column). A row with more than `cap` candidates is flagged in
+// (see candidate_floor); finish() re-ranks the candidates with fp64 distances
+// 2 - 2<x_i, x_j>, so the result is the exact top-k sorted by (distance,
+// column). A row with more than `cap` candidates is flagged in
 // `overflow` (output left unset) for the caller to finish from exact distances.
 class SymmetricTopK {
   public:
     SymmetricTopK(int64_t n, int64_t k, const double* error_bound, double output_roundoff);
     void consume(const uint16_t* scores_bf16, int64_t r0, int64_t rows);
-    void finish(const float* x, int64_t d, int64_t cap, float* out_dist, int64_t* out_index,
+    void finish(const float* x, int64_t d, int64_t cap, double* out_dist, int64_t* out_index,
                 uint8_t* overflow);
 
   private:

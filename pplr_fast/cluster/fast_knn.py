@@ -8,9 +8,10 @@ most ``c_i + u |s_ij|`` where u is the unit roundoff of the score's dtype and
 
 with ``rho_i = |x~_i - x_i|`` measured on the data and M = max_j |x_j|
 (Cauchy-Schwarz on ``x~_i x~_j - x_i x_j``). Columns that cannot reach the
-k-th best fp32 similarity under that bound are dropped; every other column is
-re-ranked with fp32 distances. A row whose candidate set is unusually large
-(nearly equidistant data) is finished with one fp32 GEMM row instead.
+k-th best similarity under that bound are dropped; every other column is
+re-ranked with fp64 distances (as the reference ranks). A row whose candidate
+set is unusually large (nearly equidistant data) is finished with an exact
+fp64 GEMM row instead.
 
 CPU: bf16 GEMM (oneDNN/MKL, ~4-5x faster than fp32 on CPUs with native bf16)
 over the upper triangle only — each block of scores serves its rows and,
@@ -27,6 +28,8 @@ import os
 
 import numpy as np
 import torch
+
+from .knn import pairwise_sq_distance
 
 BLOCK_BYTES = 256 * 1024 ** 2     # score block (rows x N) kept in memory at once
 CANDIDATE_CAP = 4096              # candidates per row before the fp32 fallback
@@ -73,7 +76,7 @@ def block_rows(n: int, bytes_per_entry: int) -> int:
 
 
 def nearest_neighbours_fast(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact kNN, rows sorted by (fp32 distance, index). Returns (dist, index)."""
+    """Exact kNN, rows sorted by (fp64 distance, index). Returns (dist, index)."""
     k = min(k, x.shape[0])
     if x.is_cuda:
         from .fast_knn_cuda import nearest_neighbours_cuda
@@ -81,16 +84,22 @@ def nearest_neighbours_fast(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     return nearest_neighbours_cpu(x.float().contiguous(), k)
 
 
+def exact_rows_topk(x: torch.Tensor, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of the given rows from exact fp64 distances to every row."""
+    from pplr_fast import _knn
+    return _knn.topk_from_distances(pairwise_sq_distance(x[torch.from_numpy(rows)], x).numpy(), k)
+
+
 def nearest_neighbours_cpu(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     from pplr_fast import _knn
     n = x.shape[0]
-    dist = np.empty((n, k), dtype=np.float32)
+    dist = np.empty((n, k), dtype=np.float64)
     index = np.empty((n, k), dtype=np.int64)
+    step = block_rows(n, 8)
     if not cpu_has_native_bf16():
-        step = block_rows(n, 4)
         for r0 in range(0, n, step):
-            block = 2 - 2 * (x[r0:r0 + step] @ x.T)
-            dist[r0:r0 + step], index[r0:r0 + step] = _knn.topk_from_distances(block.numpy(), k)
+            rows = np.arange(r0, min(n, r0 + step))
+            dist[rows], index[rows] = exact_rows_topk(x, rows, k)
         return torch.from_numpy(dist), torch.from_numpy(index)
 
     x_low = x.bfloat16()
@@ -98,17 +107,14 @@ def nearest_neighbours_cpu(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     selection = _knn.SymmetricTopK(n, k, bounds, 2.0 ** -8)
     # Block rows [r0, r1) x columns [r0, n): the blocks cover the upper triangle,
     # half the GEMM. ~6 blocks is enough; memory caps the block at BLOCK_BYTES.
-    step = min(block_rows(n, 2), max(512, -(-n // 6)))
-    for r0 in range(0, n, step):
-        scores = x_low[r0:r0 + step] @ x_low[r0:].T
+    block = min(block_rows(n, 2), max(512, -(-n // 6)))
+    for r0 in range(0, n, block):
+        scores = x_low[r0:r0 + block] @ x_low[r0:].T
         selection.consume(scores.view(torch.int16).numpy().view(np.uint16), r0)
         del scores
-    d, i, overflow = selection.finish(x.numpy(), CANDIDATE_CAP)
-    dist[:], index[:] = d, i
-    if overflow.any():
-        rows = np.flatnonzero(overflow)
-        for r0 in range(0, len(rows), block_rows(n, 4)):
-            chunk = rows[r0:r0 + block_rows(n, 4)]
-            block = 2 - 2 * (x[torch.from_numpy(chunk)] @ x.T)
-            dist[chunk], index[chunk] = _knn.topk_from_distances(block.numpy(), k)
+    dist[:], index[:], overflow = selection.finish(x.numpy(), CANDIDATE_CAP)
+    overflowing = np.flatnonzero(overflow)
+    for r0 in range(0, len(overflowing), step):
+        rows = overflowing[r0:r0 + step]
+        dist[rows], index[rows] = exact_rows_topk(x, rows, k)
     return torch.from_numpy(dist), torch.from_numpy(index)

@@ -1,4 +1,4 @@
-"""Exact kNN on a GPU: fp16 GEMM filter + fp32 re-rank (the CUDA twin of ``fast_knn``).
+"""Exact kNN on a GPU: fp16 GEMM filter + fp64 re-rank (the CUDA twin of ``fast_knn``).
 
 Per block of rows:
 
@@ -9,11 +9,11 @@ Per block of rows:
    ``csrc/cpu/knn_cpu.cpp`` (``candidate_floor``) with the rigorous per-row
    bound c_i of ``fast_knn.rounding_error_bounds``, taken with an accumulation
    roundoff of 2^-22 (tensor-core fp32 accumulation does not round to nearest);
-3. every column scoring >= the floor gets its exact fp32 distance
+3. every column scoring >= the floor gets its exact fp64 distance
    (``kernels/pair_distance.py``), and the k smallest by ``(d, index)`` are kept
    (stable sorts by d, then by row: a segmented sort);
 4. rows with more than ``fast_knn.CANDIDATE_CAP`` candidates (near-equidistant
-   data) are finished with an fp32 GEMM row and a stable sort instead.
+   data) are finished with an fp64 GEMM row and a stable sort instead.
 
 Any device works (the tests run it on CPU tensors with the Triton interpreter).
 """
@@ -85,7 +85,7 @@ def smallest_per_row(rows: torch.Tensor, cols: torch.Tensor, dist: torch.Tensor,
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(rows.numel(), device=rows.device) - starts[rows]
     keep = slot < k
-    out_dist = torch.empty(n_rows, k, dtype=torch.float32, device=rows.device)
+    out_dist = torch.empty(n_rows, k, dtype=torch.float64, device=rows.device)
     out_index = torch.empty(n_rows, k, dtype=torch.int64, device=rows.device)
     out_dist[rows[keep], slot[keep]] = dist[keep]
     out_index[rows[keep], slot[keep]] = cols[keep]
@@ -93,7 +93,7 @@ def smallest_per_row(rows: torch.Tensor, cols: torch.Tensor, dist: torch.Tensor,
 
 
 def nearest_neighbours_cuda(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact kNN, rows sorted by (fp32 distance, index). Returns (dist, index)."""
+    """Exact kNN, rows sorted by (fp64 distance, index). Returns (dist, index)."""
     x = x.float().contiguous()
     n = x.shape[0]
     k = min(k, n)
@@ -101,7 +101,7 @@ def nearest_neighbours_cuda(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     fp32_scores = has_fp32_output_mm(x.device.type)
     output_roundoff = 0.0 if fp32_scores else FP16_ROUNDOFF
     bounds = fast_knn.rounding_error_bounds(x, x_low, ACCUMULATE_ROUNDOFF)
-    dist = torch.empty(n, k, dtype=torch.float32, device=x.device)
+    dist = torch.empty(n, k, dtype=torch.float64, device=x.device)
     index = torch.empty(n, k, dtype=torch.int64, device=x.device)
     step = fast_knn.block_rows(n, 4)
     for r0 in range(0, n, step):

@@ -7,7 +7,8 @@ of i sorted by ``(d, index)``:
    ``R(i, k)`` = ``{j in F(i, k) : i in F(j, k)}``.
 2. ``E(i)`` = ``R(i, k1)`` plus every ``R(c, h)`` (h = round(k1 / 2)) of a
    candidate ``c in R(i, k1)`` with ``|R(c, h) ∩ R(i, k1)| > 2/3 |R(c, h)|``.
-3. ``V[i, j]`` = softmax over ``j in E(i)`` of ``-d(i, j)``; 0 elsewhere.
+3. ``V[i, j]`` = softmax over ``j in E(i)`` of ``-d(i, j)`` (d in float64, V
+   stored in float32); 0 elsewhere.
 4. ``V'[i]`` = mean of ``V[j]`` over the first k2 entries of ``rank[i]``
    (skipped when k2 == 1).
 5. ``d_J(i, j) = 1 - m / (2 - m)``, ``m = Σ_l min(V'[i, l], V'[j, l])``,
@@ -65,14 +66,11 @@ def expansion_mask(rank: torch.Tensor, k1: int) -> torch.Tensor:
 
 
 def encode(dist: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """``V``: row-wise softmax of ``-dist`` over ``members``; rows without members are 0."""
-    logits = torch.where(members, -dist, torch.full_like(dist, float("-inf")))
-    top = logits.max(dim=1, keepdim=True).values
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weights = torch.exp(logits - top)
-    total = weights.sum(dim=1, keepdim=True)
-    return torch.where(total > 0, weights / total.clamp_min(torch.finfo(dist.dtype).tiny),
-                       torch.zeros_like(weights))
+    """``V`` (float32): row-wise softmax of ``-dist`` over ``members``; rows without members are 0."""
+    w = torch.where(members, -dist, torch.full_like(dist, float("-inf")))
+    top = w.max(dim=1, keepdim=True).values
+    w.sub_(torch.where(torch.isfinite(top), top, torch.zeros_like(top))).exp_()
+    return w.div_(w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)).float()
 
 
 def query_expand(v: torch.Tensor, rank: torch.Tensor, k2: int) -> torch.Tensor:

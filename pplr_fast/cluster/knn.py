@@ -1,9 +1,13 @@
 """Exact k-nearest-neighbour search (SPEC §2.1 step 1, §2.3).
 
 Distance between L2-normalised rows: ``d(i, j) = 2 - 2 <x_i, x_j>`` (the squared
-Euclidean distance). Neighbour lists are sorted by ``(d, j)``: equal distances
-(duplicated images) are ordered by index, in every backend. Each row's list
-includes the row itself (normally first).
+Euclidean distance), evaluated in float64: the product of two fp32 numbers is
+exact in fp64, so every backend gets the dot product right to ~1e-16 and two
+backends can only order a pair differently if it is tied to that precision —
+never in practice, except for exact ties. In fp32 (~1e-7) a Market-size kNN
+has a handful of such near-ties per run. Neighbour lists are sorted by
+``(d, j)``: equal distances (duplicated images) are ordered by index, in every
+backend. Each row's list includes the row itself (normally first).
 
 Backends
 --------
@@ -12,8 +16,8 @@ reference
 fast
     a low-precision GEMM (bf16 on CPUs with native bf16, fp16 on GPUs) finds,
     per row, every candidate that can still be among the k nearest under a
-    rigorous error bound; the candidates are re-ranked with fp32 distances.
-    The result is the exact fp32 top-k (see ``pplr_fast.cluster.fast_knn``).
+    rigorous error bound; the candidates are re-ranked with fp64 distances.
+    The result is the exact top-k (see ``pplr_fast.cluster.fast_knn``).
 """
 from __future__ import annotations
 
@@ -25,13 +29,13 @@ SORT_CHUNK_BYTES = 256 * 1024 ** 2
 
 
 def pairwise_sq_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``2 - 2 a b^T`` for L2-normalised rows, computed in fp32."""
-    return 2 - 2 * (a.float() @ b.float().T)
+    """``2 - 2 a b^T`` for L2-normalised rows, in float64."""
+    return 2 - 2 * (a.double() @ b.double().T)
 
 
 def reference_dense_bytes(n: int, matrices: int = 1) -> int:
-    """Bytes of ``matrices`` dense fp32 N x N matrices plus the sort's chunk buffers."""
-    return 4 * n * n * matrices + min(3 * SORT_CHUNK_BYTES, 12 * n * n)
+    """Bytes of ``matrices`` dense fp64 N x N matrices plus the sort's chunk buffers."""
+    return 8 * n * n * matrices + min(3 * SORT_CHUNK_BYTES, 16 * n * n)
 
 
 def sorted_neighbours(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +47,7 @@ def sorted_neighbours(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     k = min(k, n_cols)
     values = torch.empty(n_rows, k, dtype=dist.dtype, device=dist.device)
     index = torch.empty(n_rows, k, dtype=torch.int64, device=dist.device)
-    step = max(1, SORT_CHUNK_BYTES // (12 * max(1, n_cols)))
+    step = max(1, SORT_CHUNK_BYTES // (16 * max(1, n_cols)))
     for r0 in range(0, n_rows, step):
         s = torch.sort(dist[r0:r0 + step], dim=1, stable=True)
         values[r0:r0 + step] = s.values[:, :k]
@@ -70,8 +74,8 @@ def nearest_neighbours(x: torch.Tensor, k: int, backend: str = "fast"
         backend: ``"reference"`` or ``"fast"``.
 
     Returns:
-        ``(dist, index)``, both (N, min(k, N)): fp32 squared distances and int64
-        indices, each row sorted by ``(dist, index)``.
+        ``(dist, index)``, both (N, min(k, N)): float64 squared distances and
+        int64 indices, each row sorted by ``(dist, index)``.
     """
     check_features(x)
     check_k("k", k)
