@@ -71,6 +71,14 @@ class TrainConfig:
     sync_bn: bool = False
 
 
+def cluster_means(x: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Mean of the rows of ``x`` per label in [0, count): (count, *x.shape[1:])."""
+    sums = torch.zeros((count, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    sums.index_add_(0, labels, x)
+    members = torch.bincount(labels, minlength=count).to(x.dtype)
+    return sums / members.view(-1, *([1] * (x.dim() - 1)))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -188,28 +196,24 @@ class PPLRTrainer:
                    for i, lab in zip(keep.tolist(), labels.tolist())]
         scores = result.scores[keep].to(self.device)
         c = result.num_clusters
-        onehot = F.one_hot(labels.to(self.device), c).T.float()            # (C, n)
-        members = onehot.sum(1, keepdim=True)
-        centroids_g = onehot @ x_g[keep.to(x_g.device)].to(self.device) / members
+        targets = labels.to(self.device)
+        x_g_kept = x_g[keep.to(x_g.device)].to(self.device)
         x_p_kept = x_p[keep.to(x_p.device)].to(self.device)                 # (n, D, N_p)
-        centroids_p = torch.einsum("cn,ndp->cdp", onehot, x_p_kept) / members[:, :, None]
+        centroids_g = cluster_means(x_g_kept, targets, c)
+        centroids_p = cluster_means(x_p_kept, targets, c)
         self.model.reset_classifiers(centroids_g, centroids_p)
         self.net = self._wrap(self.model)
         self._rebuild_optimizer(epoch)
-        proxies = self._camera_proxies(labels, samples, x_g[keep.to(x_g.device)], x_p_kept) \
-            if self.cfg.cam else None
+        proxies = self._camera_proxies(targets, samples, x_g_kept, x_p_kept) if self.cfg.cam else None
         return samples, scores, proxies
 
     def _camera_proxies(self, labels, samples, x_g, x_p):
         """Normalised mean feature of every (cluster, camera) pair, global and per part."""
         cams = torch.tensor([s[2] for s in samples], device=self.device)
-        labels = labels.to(self.device)
         pairs, which = torch.unique(torch.stack([labels, cams], 1), dim=0, return_inverse=True)
-        onehot = F.one_hot(which, len(pairs)).T.float()
-        count = onehot.sum(1, keepdim=True)
-        proxy_g = F.normalize(onehot @ x_g.to(self.device) / count, dim=1)
-        proxy_p = F.normalize(torch.einsum("mn,ndp->mdp", onehot, x_p) / count[:, :, None], dim=1)
-        return {"g": proxy_g, "p": proxy_p, "pids": pairs[:, 0], "cams": pairs[:, 1]}
+        return {"g": F.normalize(cluster_means(x_g, which, len(pairs)), dim=1),
+                "p": F.normalize(cluster_means(x_p, which, len(pairs)), dim=1),
+                "pids": pairs[:, 0], "cams": pairs[:, 1]}
 
     def train_epoch(self, epoch: int, samples, scores, proxies) -> dict:
         cfg = self.cfg
