@@ -87,15 +87,15 @@ def machine_lines(info: dict) -> list[str]:
             f"threads, {omp}."]
 
 
-def busy_warning(load_before: str, load_after: str, cores: int | None) -> str | None:
-    """A warning line when other work shared the CPU during the run, else None.
+def busy_warning(load_before: str, cores: int | None) -> str | None:
+    """A warning line when other work held the CPU as the run began, else None.
 
     OpenMP threads busy-wait between parallel regions by default; when other
     processes hold the cores, that waiting can stretch small steps by 10-100x.
     """
-    loads = [float(load) for load in (load_before, load_after) if load != "n/a"]
-    if not loads or not cores or max(loads) < 0.5 * cores:
+    # only the load before the run counts: afterwards it includes the run itself
+    if load_before == "n/a" or not cores or float(load_before) < 0.5 * cores:
         return None
-    return (f"Warning: the CPU was busy (load average up to {max(loads):.2f} on {cores} "
+    return (f"Warning: the CPU was busy (load average {float(load_before):.2f} on {cores} "
             "cores): timings are unreliable. Rerun on a quiet machine; where that is "
             "impossible, OMP_WAIT_POLICY=passive or fewer threads (--threads) limit the damage.")

@@ -169,7 +169,7 @@ def markdown_report(result: dict) -> str:
         f"(no data loading); median of {config['repeat']} after {config['warmup']} warm-up.",
         *machine_lines(result["machine"]),
         f"Load average before / after: {result['load_before']} / {result['load_after']}.",
-        *filter(None, [busy_warning(result["load_before"], result["load_after"],
+        *filter(None, [busy_warning(result["load_before"],
                                     result["machine"]["usable_cores"]
                                     or result["machine"]["cores"])]),
         "",
