@@ -23,7 +23,7 @@ from .cluster.backend import BACKENDS
 from .data import (DATASET_NAMES, DATASET_PRESETS, DatasetError, ImageReadError,
                    canonical_dataset_name, create_dataset)
 from .models import RESNETS, PretrainedWeightsError
-from .trainer import PPLRTrainer, TrainConfig
+from .trainer import PPLRTrainer, TrainConfig, TrainingSetupError
 from .utils import distributed
 from .utils.checkpoint import CheckpointError
 
@@ -165,13 +165,18 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"error: {err}") from None
         if distributed.is_main():
             print(dataset.summary())
-            print(f"training on {device} with --backend {cfg.backend}; logs in {cfg.logs_dir}")
-            Path(cfg.logs_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.logs_dir) / "config.json").write_text(
-                json.dumps(dataclasses.asdict(cfg), indent=2))
         try:
-            summary = PPLRTrainer(cfg, dataset, device).fit()
-        except (CheckpointError, PretrainedWeightsError, ImageReadError) as err:
+            # the trainer checks the data against k1 and loads --pretrained before
+            # anything is written, so a bad file leaves no half-made run folder
+            trainer = PPLRTrainer(cfg, dataset, device)
+            if distributed.is_main():
+                print(f"training on {device} with --backend {cfg.backend}; logs in {cfg.logs_dir}")
+                Path(cfg.logs_dir).mkdir(parents=True, exist_ok=True)
+                (Path(cfg.logs_dir) / "config.json").write_text(
+                    json.dumps(dataclasses.asdict(cfg), indent=2))
+            summary = trainer.fit()
+        except (CheckpointError, PretrainedWeightsError, ImageReadError, TrainingSetupError,
+                FloatingPointError) as err:
             raise SystemExit(f"error: {err}") from None
     finally:
         distributed.shutdown()

@@ -71,6 +71,10 @@ class TrainConfig:
     sync_bn: bool = False
 
 
+class TrainingSetupError(ValueError):
+    """Settings and data that cannot train together; the message names the fix."""
+
+
 def cluster_means(x: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
     """Mean of the rows of ``x`` per label in [0, count): (count, *x.shape[1:])."""
     sums = torch.zeros((count, *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -112,6 +116,12 @@ class PPLRTrainer:
         self.dataset = dataset
         self.device = device
         self.logs = Path(config.logs_dir)
+        self.train_samples = sorted(dataset.train)
+        if len(self.train_samples) < config.k1:
+            raise TrainingSetupError(
+                f"the training set has {len(self.train_samples)} images, fewer than "
+                f"k1={config.k1}: the k-reciprocal neighbourhoods would be meaningless; "
+                "lower --k1 or add images")
         seed_everything(config.seed)      # before the model exists: its init draws from it
         self.model = PPLRNet(config.arch, num_parts=config.parts).to(device)
         if config.pretrained:
@@ -127,7 +137,6 @@ class PPLRTrainer:
         self.initial_metrics: dict | None = None
         self.stop_requested: int | bool = False   # the signal number once one arrived
         self.metrics = MetricsLog(self.logs / "metrics.jsonl") if distributed.is_main() else None
-        self.train_samples = sorted(dataset.train)
 
     # ------------------------------------------------------------------ helpers
     def say(self, message: str) -> None:
@@ -330,11 +339,6 @@ class PPLRTrainer:
         self.say(f"received signal {signum}: finishing the current step, then saving and exiting")
 
     def fit(self) -> dict:
-        cfg = self.cfg
-        if len(self.train_samples) < cfg.k1:
-            raise ValueError(
-                f"the training set has {len(self.train_samples)} images, fewer than k1={cfg.k1}: "
-                "the k-reciprocal neighbourhoods would be meaningless; lower --k1 or add images")
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._fit()

@@ -79,6 +79,19 @@ def test_cli_rejects_impossible_arguments(tmp_path, capsys):
     assert not (tmp_path / "x").exists(), "nothing may be written before the arguments are checked"
 
 
+def test_cli_bad_setup_is_a_message_and_writes_nothing(small_dataset, tmp_path):
+    (tmp_path / "Market-1501").symlink_to(small_dataset.root)   # read as -d market1501
+    not_weights = tmp_path / "notes.pth"
+    not_weights.write_text("these are not weights")
+    common = ["-d", "market1501", "--data-dir", str(tmp_path), "--epochs", "1",
+              "--logs-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match="cannot read pretrained weights file .*notes.pth"):
+        train_main(["--pretrained", str(not_weights), "-a", "resnet18", *common])
+    with pytest.raises(SystemExit, match="fewer than k1=5000.*lower --k1"):
+        train_main(["--k1", "5000", *common])
+    assert not (tmp_path / "run").exists(), "a run that cannot start leaves no folder behind"
+
+
 def test_cli_missing_dataset_shows_expected_layout(tmp_path):
     with pytest.raises(SystemExit) as err:
         train_main(["-d", "market1501", "--data-dir", str(tmp_path), "--logs-dir", str(tmp_path / "x")])

@@ -10,6 +10,7 @@ tensors, so a ResNet-18 or ResNet-101 file never half-loads into a ResNet-50.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from typing import Mapping, Union
@@ -102,11 +103,15 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types for bad files
-        reason = (str(error).splitlines() or [""])[0]
+        if isinstance(error, pickle.UnpicklingError):
+            # torch's first line here is advice about weights_only=False, which
+            # does not apply: a weights file holds tensors only
+            reason = "not a torch.save file holding only tensors"
+        else:
+            reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
         raise PretrainedWeightsError(
-            f"torch.load could not read pretrained weights file {path!r} "
-            f"({type(error).__name__}: {reason}); expected a torchvision ResNet .pth state dict"
-        ) from error
+            f"cannot read pretrained weights file {path!r} ({reason}); expected a torchvision "
+            "ResNet .pth state dict such as resnet50-0676ba61.pth") from error
 
     for wrapper in WRAPPER_KEYS:
         if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(wrapper), Mapping):

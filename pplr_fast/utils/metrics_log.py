@@ -12,8 +12,7 @@ class MetricsLog:
     """Appends one JSON object per line to ``path``; every line is flushed at once."""
 
     def __init__(self, path: str | os.PathLike, truncate_after_epoch: int | None = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)     # the folder is made by the first append, not here
         if truncate_after_epoch is not None and self.path.exists():
             # resuming: drop lines of epochs the checkpoint does not contain
             kept = [r for r in self.read() if r.get("epoch", -1) <= truncate_after_epoch]
@@ -22,6 +21,7 @@ class MetricsLog:
             os.replace(tmp, self.path)
 
     def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
             f.flush()
