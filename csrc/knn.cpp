@@ -36,13 +36,15 @@ static SymmetricSelection symmetric_new(int64_t n, int64_t k, Array<double> erro
     return {n, k, std::make_unique<pplr::SymmetricTopK>(n, k, error_bound.data(), output_roundoff)};
 }
 
-static void symmetric_consume(SymmetricSelection& self, Array<uint16_t> scores_bf16, int64_t r0) {
-    pplr::require(scores_bf16.ndim() == 2, "scores must be 2-D");
-    const int64_t rows = scores_bf16.shape(0);
-    pplr::require(r0 >= 0 && r0 + rows <= self.n && scores_bf16.shape(1) == self.n - r0,
+// A block of scores: uint16 arrays hold bf16 bit patterns, float32 arrays fp32 scores.
+template <typename Score>
+static void symmetric_consume(SymmetricSelection& self, Array<Score> scores, int64_t r0) {
+    pplr::require(scores.ndim() == 2, "scores must be 2-D");
+    const int64_t rows = scores.shape(0);
+    pplr::require(r0 >= 0 && r0 + rows <= self.n && scores.shape(1) == self.n - r0,
                   "a block must hold rows [r0, r0 + rows) and columns [r0, n)");
     py::gil_scoped_release nogil;
-    self.state->consume(scores_bf16.data(), r0, rows);
+    self.state->consume(scores.data(), r0, rows);
 }
 
 static py::tuple symmetric_finish(SymmetricSelection& self, Array<float> x, int64_t cap) {
@@ -64,6 +66,7 @@ PYBIND11_MODULE(_knn, m) {
     py::class_<SymmetricSelection>(m, "SymmetricTopK")
         .def(py::init(&symmetric_new), py::arg("n"), py::arg("k"), py::arg("error_bound"),
              py::arg("output_roundoff"))
-        .def("consume", &symmetric_consume, py::arg("scores_bf16"), py::arg("r0"))
+        .def("consume_bf16", &symmetric_consume<uint16_t>, py::arg("scores_bf16"), py::arg("r0"))
+        .def("consume_fp32", &symmetric_consume<float>, py::arg("scores"), py::arg("r0"))
         .def("finish", &symmetric_finish, py::arg("x"), py::arg("cap"));
 }

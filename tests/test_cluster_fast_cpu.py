@@ -62,6 +62,18 @@ def test_error_bound_holds_for_bf16_scores():
     assert bool(((scores - exact).abs() <= allowed).all())
 
 
+def test_error_bound_holds_for_fp32_scores():
+    """Without native bf16 the filter is the fp32 GEMM itself: rho = 0, and the
+    accumulation bound alone must cover its error (long rows, so it matters)."""
+    x = clustered_features(300, 2048, groups=20, spread=0.8, seed=6)
+    c = fast_knn.rounding_error_bounds(x, x, 2.0 ** -24)
+    with fast_knn.ieee_matmul():
+        scores = (x @ x.T).double()
+    exact = x.double() @ x.double().T
+    assert bool(((scores - exact).abs() <= c[:, None]).all())
+    assert float(c.max()) < 1e-3, "a loose bound would make every column a candidate"
+
+
 JACCARD_CASES = [("clustered", 30, 6), ("duplicates", 20, 6), ("lattice-ties", 10, 3),
                  ("isotropic", 15, 2), ("tiny", 30, 6), ("clustered", 11, 1), ("single", 30, 6)]
 

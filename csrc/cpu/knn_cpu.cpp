@@ -91,7 +91,17 @@ inline void SymmetricTopK::offer(int64_t row, float score, int64_t column) {
     }
 }
 
-void SymmetricTopK::consume(const uint16_t* scores, int64_t r0, int64_t rows) {
+void SymmetricTopK::consume(const uint16_t* scores_bf16, int64_t r0, int64_t rows) {
+    consume_block(scores_bf16, r0, rows, bf16_to_float);
+}
+
+void SymmetricTopK::consume(const float* scores, int64_t r0, int64_t rows) {
+    consume_block(scores, r0, rows, [](float s) { return s; });
+}
+
+template <typename Score, typename ToFloat>
+void SymmetricTopK::consume_block(const Score* scores, int64_t r0, int64_t rows,
+                                  ToFloat to_float) {
     const int64_t width = n_ - r0;
     constexpr int64_t kTile = 32;
 #pragma omp parallel
@@ -99,8 +109,8 @@ void SymmetricTopK::consume(const uint16_t* scores, int64_t r0, int64_t rows) {
         // the block's own rows see columns [r0, n)
 #pragma omp for schedule(dynamic, 4)
         for (int64_t b = 0; b < rows; ++b) {
-            const uint16_t* src = scores + b * width;
-            for (int64_t c = 0; c < width; ++c) offer(r0 + b, bf16_to_float(src[c]), r0 + c);
+            const Score* src = scores + b * width;
+            for (int64_t c = 0; c < width; ++c) offer(r0 + b, to_float(src[c]), r0 + c);
         }
         // rows right of the block see its columns [r0, r0 + rows), read as column tiles
         const int64_t tiles = (width - rows + kTile - 1) / kTile;
@@ -108,8 +118,8 @@ void SymmetricTopK::consume(const uint16_t* scores, int64_t r0, int64_t rows) {
         for (int64_t t = 0; t < tiles; ++t) {
             const int64_t c0 = rows + t * kTile, c1 = std::min(width, c0 + kTile);
             for (int64_t b = 0; b < rows; ++b) {
-                const uint16_t* src = scores + b * width;
-                for (int64_t c = c0; c < c1; ++c) offer(r0 + c, bf16_to_float(src[c]), r0 + b);
+                const Score* src = scores + b * width;
+                for (int64_t c = c0; c < c1; ++c) offer(r0 + c, to_float(src[c]), r0 + b);
             }
         }
     }

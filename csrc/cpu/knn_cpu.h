@@ -13,12 +13,13 @@ void topk_from_distances_cpu(const double* dist, int64_t rows, int64_t n, int64_
                              double* out_dist, int64_t* out_index);
 
 // Exact top-k of every row of a symmetric similarity matrix delivered as
-// low-precision (bf16) row blocks [r0, r0 + rows) x [r0, n): each block
+// low-precision (bf16 or fp32) row blocks [r0, r0 + rows) x [r0, n): each block
 // serves its own rows and, transposed, the rows of the columns right of it,
 // so the GEMM producing the blocks does half the work.
 //
 // error_bound[i] bounds |score - exact <x_i, x_j>| for row i apart from
-// the rounding of the score itself to bf16 (relative, output_roundoff). Every
+// the rounding of the score itself to its storage type (relative,
+// output_roundoff: 2^-8 for bf16 scores, 0 for fp32 GEMM output). Every
 // row keeps a min-heap of its k best scores and every column that could still
 // beat the exact k-th neighbour under that bound, as the threshold rises
 // (see candidate_floor); finish() re-ranks the candidates with fp64 distances
@@ -29,6 +30,7 @@ class SymmetricTopK {
   public:
     SymmetricTopK(int64_t n, int64_t k, const double* error_bound, double output_roundoff);
     void consume(const uint16_t* scores_bf16, int64_t r0, int64_t rows);
+    void consume(const float* scores, int64_t r0, int64_t rows);
     void finish(const float* x, int64_t d, int64_t cap, double* out_dist, int64_t* out_index,
                 uint8_t* overflow);
 
@@ -40,6 +42,8 @@ class SymmetricTopK {
         float floor = -INFINITY;
     };
     void offer(int64_t row, float score, int64_t column);
+    template <typename Score, typename ToFloat>
+    void consume_block(const Score* scores, int64_t r0, int64_t rows, ToFloat to_float);
     int64_t n_, k_;
     double roundoff_;
     std::vector<double> bound_;

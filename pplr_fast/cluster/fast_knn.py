@@ -1,7 +1,7 @@
-"""Fast exact kNN: low-precision GEMM filter + fp32 re-rank (see ``knn.py``).
+"""Fast exact kNN: low-precision GEMM filter + fp64 re-rank (see ``knn.py``).
 
 Why it is exact. For rows x_i, x_j and their low-precision copies x~, the
-computed low-precision score s_ij differs from the fp32 similarity a_ij by at
+computed low-precision score s_ij differs from the exact similarity a_ij by at
 most ``c_i + u |s_ij|`` where u is the unit roundoff of the score's dtype and
 
     c_i = rho_i M + |x_i| rho_max + rho_i rho_max + (accumulation rounding)
@@ -17,12 +17,15 @@ CPU: bf16 GEMM (oneDNN/MKL, ~4-5x faster than fp32 on CPUs with native bf16)
 over the upper triangle only — each block of scores serves its rows and,
 transposed, its columns — streamed into the C++ selection of
 ``csrc/cpu/knn_cpu.cpp`` (a running top-k threshold per row and the columns
-that can still reach it). Without native bf16 the
-fp32 GEMM is used directly with the same C++ selection. CUDA: fp16 cuBLAS GEMM
-+ torch.topk + a Triton kernel for the fp32 re-rank.
+that can still reach it). Without native bf16 (AVX2-only CPUs, where bf16
+GEMMs are emulated and slow) the filter is the fp32 GEMM over the same upper
+triangle (x~ = x, so rho = 0 and only the accumulation bound remains), with
+the same C++ selection and fp64 re-rank. CUDA: fp16 cuBLAS GEMM + torch.topk
++ a Triton kernel for the fp64 re-rank.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -33,6 +36,38 @@ from .knn import pairwise_sq_distance
 
 BLOCK_BYTES = 256 * 1024 ** 2     # score block (rows x N) kept in memory at once
 CANDIDATE_CAP = 4096              # candidates per row before the fp32 fallback
+
+
+@contextlib.contextmanager
+def ieee_matmul():
+    """fp32 GEMMs with plain fp32 arithmetic, whatever the caller's settings.
+
+    The error bounds assume it: on a GPU no TF32, no fp16 accumulation, no
+    reduced-precision split-K reductions; on a CPU no bf16/TF32 internal
+    arithmetic for fp32 inputs (``torch.backends.mkldnn.matmul.fp32_precision``).
+    The caller's settings are restored.
+    """
+    matmul = torch.backends.cuda.matmul
+    names = [name for name in ("allow_tf32", "allow_fp16_accumulation",
+                               "allow_fp16_reduced_precision_reduction") if hasattr(matmul, name)]
+    saved = {name: getattr(matmul, name) for name in names}
+    if hasattr(matmul, "allow_fp16_reduced_precision_reduction_split_k"):
+        saved["allow_fp16_reduced_precision_reduction"] = (
+            matmul.allow_fp16_reduced_precision_reduction,
+            matmul.allow_fp16_reduced_precision_reduction_split_k)
+    cpu = getattr(torch.backends.mkldnn, "matmul", None)
+    cpu_precision = getattr(cpu, "fp32_precision", None)
+    for name in names:
+        setattr(matmul, name, False)
+    if cpu_precision is not None:
+        cpu.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(matmul, name, value)
+        if cpu_precision is not None:
+            cpu.fp32_precision = cpu_precision
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,25 +130,26 @@ def nearest_neighbours_cpu(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     n = x.shape[0]
     dist = np.empty((n, k), dtype=np.float64)
     index = np.empty((n, k), dtype=np.int64)
-    step = block_rows(n, 8)
-    if not cpu_has_native_bf16():
-        for r0 in range(0, n, step):
-            rows = np.arange(r0, min(n, r0 + step))
-            dist[rows], index[rows] = exact_rows_topk(x, rows, k)
-        return torch.from_numpy(dist), torch.from_numpy(index)
-
-    x_low = x.bfloat16()
+    if cpu_has_native_bf16():     # bf16 scores (2 bytes), rounded to bf16: u = 2^-8
+        x_low, output_roundoff, score_bytes = x.bfloat16(), 2.0 ** -8, 2
+    else:                         # fp32 scores are the fp32 accumulator itself
+        x_low, output_roundoff, score_bytes = x, 0.0, 4
     bounds = rounding_error_bounds(x, x_low, 2.0 ** -24).numpy()
-    selection = _knn.SymmetricTopK(n, k, bounds, 2.0 ** -8)
+    selection = _knn.SymmetricTopK(n, k, bounds, output_roundoff)
     # Block rows [r0, r1) x columns [r0, n): the blocks cover the upper triangle,
     # half the GEMM. ~6 blocks is enough; memory caps the block at BLOCK_BYTES.
-    block = min(block_rows(n, 2), max(512, -(-n // 6)))
+    block = min(block_rows(n, score_bytes), max(512, -(-n // 6)))
     for r0 in range(0, n, block):
-        scores = x_low[r0:r0 + block] @ x_low[r0:].T
-        selection.consume(scores.view(torch.int16).numpy().view(np.uint16), r0)
+        with ieee_matmul():
+            scores = x_low[r0:r0 + block] @ x_low[r0:].T
+        if score_bytes == 2:
+            selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), r0)
+        else:
+            selection.consume_fp32(scores.numpy(), r0)
         del scores
     dist[:], index[:], overflow = selection.finish(x.numpy(), CANDIDATE_CAP)
     overflowing = np.flatnonzero(overflow)
+    step = block_rows(n, 8)
     for r0 in range(0, len(overflowing), step):
         rows = overflowing[r0:r0 + step]
         dist[rows], index[rows] = exact_rows_topk(x, rows, k)

@@ -19,7 +19,6 @@ Any device works (the tests run it on CPU tensors with the Triton interpreter).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -31,27 +30,6 @@ from .knn import pairwise_sq_distance, sorted_neighbours
 
 ACCUMULATE_ROUNDOFF = 2.0 ** -22
 FP16_ROUNDOFF = 2.0 ** -11
-
-
-@contextlib.contextmanager
-def ieee_matmul():
-    """cuBLAS with plain fp32 accumulation: no TF32, no fp16 accumulation, no
-    reduced-precision split-K reductions. The caller's settings are restored."""
-    matmul = torch.backends.cuda.matmul
-    names = [name for name in ("allow_tf32", "allow_fp16_accumulation",
-                               "allow_fp16_reduced_precision_reduction") if hasattr(matmul, name)]
-    saved = {name: getattr(matmul, name) for name in names}
-    if hasattr(matmul, "allow_fp16_reduced_precision_reduction_split_k"):
-        saved["allow_fp16_reduced_precision_reduction"] = (
-            matmul.allow_fp16_reduced_precision_reduction,
-            matmul.allow_fp16_reduced_precision_reduction_split_k)
-    for name in names:
-        setattr(matmul, name, False)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(matmul, name, value)
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,7 +84,7 @@ def nearest_neighbours_cuda(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     step = fast_knn.block_rows(n, 4)
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        with ieee_matmul():
+        with fast_knn.ieee_matmul():
             if fp32_scores:
                 scores = torch.mm(x_low[r0:r1], x_low.T, out_dtype=torch.float32)
             else:
@@ -123,6 +101,6 @@ def nearest_neighbours_cuda(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
         dist[r0:r1], index[r0:r1] = smallest_per_row(rows, cols, d_pairs, r1 - r0, k)
         if bool(overflow.any()):
             over = r0 + torch.nonzero(overflow).flatten()
-            with ieee_matmul():
+            with fast_knn.ieee_matmul():
                 dist[over], index[over] = sorted_neighbours(pairwise_sq_distance(x[over], x), k)
     return dist, index
