@@ -30,7 +30,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,31 +38,13 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from pplr_fast.losses.classification import classification_loss_twin
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
+
+from pplr_fast.losses.classification import classification_loss_twin  # noqa: E402
 
 VARIANTS = ("eager", "compile", "fused")
 _M_MMAP_THRESHOLD = -3                    # glibc mallopt parameter
-
-
-def machine_info(device: str) -> Dict[str, object]:
-    """CPU model, core count, torch version and the GPU's name, if any."""
-    cpu_model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu_model = next(line.split(":", 1)[1].strip() for line in cpuinfo
-                             if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu_model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": device}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    try:
-        import triton
-        info["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return info
 
 
 def make_inputs(batch: int, num_classes: int, num_parts: int,
@@ -121,14 +102,6 @@ def time_steps(fn: Callable, inputs, repeat: int, device: str) -> Tuple[float, f
         synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     return first_call, statistics.median(times), min(times)
-
-
-def _load_average() -> str:
-    """1-minute load average, or "n/a"."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
 
 
 def _proc_status_kib(key: str) -> int:
@@ -195,13 +168,12 @@ def measure_in_subprocess(variant: str, args: argparse.Namespace) -> List[Dict[s
 def markdown_table(rows: List[Dict[str, object]], machine: Dict[str, object],
                    args: argparse.Namespace) -> str:
     """Rows grouped by C, with time and memory relative to the eager twin."""
-    gpu = f", GPU {machine['gpu']}" if "gpu" in machine else ""
     lines = [f"PPLR classification loss, forward+backward, B = {args.b}, N_p = {args.parts}, "
              f"part loss {args.part_loss}, median of {args.repeat} steps.",
-             f"Machine: {machine['cpu']}, {machine['cores']} cores "
-             f"({machine['torch_threads']} torch threads), torch {machine['torch']}{gpu}.",
-             "",
+             *machine_lines(machine),
              f"Load average before / after: {machine['load_before']} / {machine['load_after']}.",
+             *filter(None, [busy_warning(machine["load_before"],
+                                         machine["usable_cores"] or machine["cores"])]),
              "Peak MiB: memory one step holds beyond its inputs (logit gradients included); "
              + ("CUDA allocator peak." if args.device == "cuda" else
                 "peak RSS growth, a fresh process per variant (see benchmarks/losses.py)."),
@@ -259,7 +231,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(measure(args.worker, args)))
         return
-    load_before = _load_average()
+    load_before = load_average()
     rows = []
     for variant in VARIANTS:
         if args.device == "cpu" and variant == "fused":
@@ -270,8 +242,8 @@ def main() -> None:
             rows += measure_in_subprocess(variant, args)
         else:
             rows += measure(variant, args)
-    machine = machine_info(args.device)
-    machine["load_before"], machine["load_after"] = load_before, _load_average()
+    machine = describe_machine(args.device)
+    machine["load_before"], machine["load_after"] = load_before, load_average()
     table = markdown_table(rows, machine, args)
     print(table)
     os.makedirs(args.out, exist_ok=True)

@@ -214,3 +214,19 @@ def test_train_step_table(tmp_path):
     assert markdown in stdout
     assert "| | parameters (M) | clustering s/epoch | training s/iter |" in markdown
     assert "| PPLR, paper (4x TITAN RTX" in markdown and "| 29.668 | 38.484 | 0.202 |" in markdown
+
+
+def test_losses_table(tmp_path):
+    stdout = _run("losses.py", "--c", 7, 40, "--b", 8, "--repeat", 2, "--out", tmp_path)
+    result = json.loads((tmp_path / "losses_cpu.json").read_text())
+    by_key = {(r["variant"], r["C"]): r for r in result["rows"]}
+    assert set(by_key) == {(v, c) for v in ("eager", "compile", "fused") for c in (7, 40)}
+    for c in (7, 40):
+        for variant in ("eager", "compile"):
+            row = by_key[(variant, c)]
+            assert row["median_ms"] > 0 and row["min_ms"] <= row["median_ms"], row
+        assert by_key[("fused", c)]["status"].startswith("needs a GPU")
+    assert result["machine"]["cores"] == os.cpu_count() and "load_before" in result["machine"]
+    markdown = (tmp_path / "losses_cpu.md").read_text()
+    assert markdown.strip() in stdout
+    assert "Machine: " in markdown and "| C | variant | median ms |" in markdown
