@@ -115,7 +115,9 @@ def fast_path_bytes(n: int, dim: int, parts: int) -> dict:
     """Estimated memory of the fast path: the features and its working set."""
     features = 4 * n * dim * (1 + parts)
     # kNN, one space at a time, per feature value: a contiguous part copy (4 B)
-    # and its bf16 copy (2 B); the error bounds are computed in bounded blocks
+    # and, on CPUs with native bf16 and on GPUs, its bf16/fp16 copy (2 B; the fp32
+    # filter of other CPUs needs none, so this is an upper bound); score blocks
+    # and the error bounds are computed in bounded blocks
     working = (4 + 2) * n * dim + FAST_BYTES_PER_IMAGE * n
     return {"features": features, "working": working, "total": features + working}
 
