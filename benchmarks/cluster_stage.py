@@ -202,11 +202,11 @@ class Inputs:
 
 def _dataset_extractor(args: argparse.Namespace, device: torch.device):
     from pplr_fast.data import create_dataset
-    from pplr_fast.evaluate import load_model
     from pplr_fast.features import extract_features
+    from pplr_fast.models import PPLRNet
     from pplr_fast.utils.checkpoint import load_checkpoint
     state = load_checkpoint(args.checkpoint)
-    model = load_model(state, device)
+    model = PPLRNet.from_checkpoint(state, device)
     config = state["config"]
     samples = sorted(create_dataset(args.dataset, args.data_dir).train)
     return lambda: extract_features(model, samples, height=config["height"],
@@ -216,7 +216,8 @@ def _dataset_extractor(args: argparse.Namespace, device: torch.device):
 
 def dataset_shape(args: argparse.Namespace) -> tuple[int, int, int, float]:
     """(N, D, N_p, preset eps) of the training set a checkpoint would cluster."""
-    from pplr_fast.data import DATASET_PRESETS, canonical_dataset_name, create_dataset
+    from pplr_fast.config import DATASET_PRESETS
+    from pplr_fast.data import canonical_dataset_name, create_dataset
     from pplr_fast.models import PPLRNet
     from pplr_fast.utils.checkpoint import load_checkpoint
     config = load_checkpoint(args.checkpoint)["config"]

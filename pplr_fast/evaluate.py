@@ -1,7 +1,9 @@
-"""``python -m pplr_fast.evaluate --checkpoint PATH -d NAME``: mAP, CMC and mINP of a checkpoint.
+"""``python -m pplr_fast.evaluate --checkpoint PATH``: mAP, CMC and mINP of a checkpoint.
 
 Reads a pplr_fast checkpoint (best.pth / last.pth of a training run); the
-model settings (architecture, parts, input size) come from the checkpoint.
+model settings (architecture, parts, input size) and, unless given, the
+dataset and its folder come from the checkpoint. Evaluation never creates
+data: a missing dataset folder is an error.
 """
 from __future__ import annotations
 
@@ -11,33 +13,36 @@ import sys
 
 import torch
 
-from .data import DATASET_NAMES, DatasetError, create_dataset
-from .evaluation import evaluate_ranking, pairwise_distance
-from .features import extract_features
+from .data import DATASET_NAMES, DatasetError, ImageReadError, canonical_dataset_name, create_dataset
+from .evaluation import evaluate_split
 from .models import PPLRNet
 from .utils.checkpoint import CheckpointError, load_checkpoint
+from .utils.errors import one_line
+
+
+def _dataset_name(value: str) -> str:
+    try:
+        return canonical_dataset_name(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pplr_fast.evaluate", description=__doc__)
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pth or last.pth of a run")
-    p.add_argument("-d", "--dataset", help=f"one of {', '.join(DATASET_NAMES)} "
-                                            "(default: the checkpoint's)")
+    p.add_argument("-d", "--dataset", type=_dataset_name,
+                   help=f"one of {', '.join(DATASET_NAMES)} (default: the checkpoint's)")
     p.add_argument("--data-dir", help="folder holding the dataset folders (default: the checkpoint's)")
-    p.add_argument("-b", "--batch-size", type=int, default=128)
-    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("-b", "--batch-size", type=int, default=128, help="(default: 128)")
+    p.add_argument("-j", "--workers", type=int, default=2, help="(default: 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bars = p.add_mutually_exclusive_group()
+    bars.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="progress bars even when the output is not a terminal")
+    bars.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress bars (default: bars only on a terminal)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     return p
-
-
-def load_model(checkpoint: dict, device: torch.device) -> PPLRNet:
-    cfg = checkpoint["config"]
-    model = PPLRNet(cfg["arch"], num_parts=cfg["parts"])
-    c, d = checkpoint["num_classes"], model.feature_dim
-    model.reset_classifiers(torch.ones(c, d), torch.ones(c, d, cfg["parts"]))
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,22 +51,15 @@ def main(argv: list[str] | None = None) -> dict:
                           (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         state = load_checkpoint(args.checkpoint)
-    except CheckpointError as err:
-        raise SystemExit(f"error: {err}") from None
-    cfg = state["config"]
-    try:
-        dataset = create_dataset(args.dataset or cfg["dataset"], args.data_dir or cfg["data_dir"])
-    except DatasetError as err:
-        raise SystemExit(f"error: {err}") from None
-    model = load_model(state, device)
-    extract = dict(height=cfg["height"], width=cfg["width"], batch_size=args.batch_size,
-                   workers=args.workers, device=device)
-    q, _ = extract_features(model, dataset.query, desc="query", **extract)
-    g, _ = extract_features(model, dataset.gallery, desc="gallery", **extract)
-    column = lambda rows, i: torch.tensor([r[i] for r in rows])  # noqa: E731
-    metrics = evaluate_ranking(pairwise_distance(q, g), column(dataset.query, 1),
-                               column(dataset.gallery, 1), column(dataset.query, 2),
-                               column(dataset.gallery, 2))
+        cfg = state["config"]
+        dataset = create_dataset(args.dataset or cfg["dataset"], args.data_dir or cfg["data_dir"],
+                                 generate=False)
+        model = PPLRNet.from_checkpoint(state, device)
+        metrics = evaluate_split(model, dataset.query, dataset.gallery, height=cfg["height"],
+                                 width=cfg["width"], batch_size=args.batch_size,
+                                 workers=args.workers, device=device, progress=args.progress)
+    except (CheckpointError, DatasetError, ImageReadError) as err:
+        raise SystemExit(f"error: {one_line(err)}") from None
     if args.json:
         print(json.dumps(metrics))
     else:

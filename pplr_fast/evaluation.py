@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pairwise_distance", "evaluate_ranking"]
+__all__ = ["pairwise_distance", "evaluate_ranking", "evaluate_split"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
 
@@ -155,3 +155,22 @@ def _rank_chunk(distmat: torch.Tensor, query_pids: torch.Tensor, query_cams: tor
     first_hit = kept_rank.gather(1, first_hit_index).squeeze(1)
     first_hit = torch.where(num_hits > 0, first_hit, 0)
     return average_precision, inverse_negative_penalty, first_hit
+
+
+def evaluate_split(model, query: Sequence, gallery: Sequence, *, height: int, width: int,
+                   batch_size: int, workers: int, device: torch.device,
+                   progress: Optional[bool] = None) -> dict:
+    """mAP, CMC and mINP of ``model`` on a query/gallery split of ``(path, pid, camid)`` samples.
+
+    Features are the L2-normalised global features (``model.extract``).
+    Under torch.distributed every rank extracts its shard; the metrics are
+    computed on every rank.
+    """
+    from .features import extract_features
+    extract = dict(height=height, width=width, batch_size=batch_size, workers=workers,
+                   device=device, progress=progress)
+    q, _ = extract_features(model, query, desc="evaluate: query", **extract)
+    g, _ = extract_features(model, gallery, desc="evaluate: gallery", **extract)
+    column = lambda rows, i: torch.tensor([r[i] for r in rows])  # noqa: E731
+    return evaluate_ranking(pairwise_distance(q, g), column(query, 1), column(gallery, 1),
+                            column(query, 2), column(gallery, 2))

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from .data import ImageDataset, build_test_transform
 from .utils import distributed
+from .utils.progress import show_progress
 
 
 @torch.no_grad()
@@ -29,8 +30,8 @@ def extract_features(model, samples: Sequence[tuple[str, int, int]], *, height: 
     was_training = model.training
     model.eval()
     parts_g, parts_p = [], []
-    show = None if progress is None else not progress
-    for images, _, _, _ in tqdm(loader, desc=desc, leave=False, disable=show or not distributed.is_main()):
+    hide = not show_progress(progress) or not distributed.is_main()
+    for images, _, _, _ in tqdm(loader, desc=desc, leave=False, disable=hide):
         f_g, f_p = distributed.unwrap(model).extract(images.to(device, non_blocking=True))
         parts_g.append(f_g)
         parts_p.append(f_p)

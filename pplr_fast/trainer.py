@@ -12,7 +12,7 @@ import json
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .cluster.stage import ClusterStageResult, run_cluster_stage
+from .config import NO_PRETRAINED, TrainConfig, check_data_size
 from .data import (ImageDataset, RandomIdentitySampler, ReidDataset, build_train_transform)
-from .evaluation import evaluate_ranking, pairwise_distance
+from .evaluation import evaluate_split
 from .features import extract_features
 from .losses import inter_camera_proxy_loss, pplr_classification_loss, soft_triplet_loss
 from .models import PPLRNet, load_pretrained
@@ -31,48 +32,9 @@ from .utils import distributed
 from .utils.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state,
                                save_checkpoint)
 from .utils.metrics_log import MetricsLog, plot_metrics
+from .utils.progress import show_progress
 
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run (``python -m pplr_fast.train --help`` explains each)."""
-
-    dataset: str = "synthetic"
-    data_dir: str = "data"
-    logs_dir: str = "logs"
-    arch: str = "resnet50"
-    pretrained: str | None = None
-    parts: int = 3
-    height: int = 384
-    width: int = 128
-    batch_size: int = 64
-    num_instances: int = 4
-    workers: int = 2
-    epochs: int = 50
-    iters: int = 400
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    step_size: int = 20
-    eval_step: int = 5
-    eps: float = 0.6
-    k1: int = 30
-    k2: int = 6
-    min_samples: int = 4
-    k: int = 20
-    beta: float = 0.5
-    aals_epoch: int = 5
-    cam: bool = False
-    lam_cam: float = 0.5
-    backend: str = "fast"
-    device: str = "cpu"
-    seed: int = 1
-    resume: str | None = None
-    progress: bool | None = None
-    sync_bn: bool = False
-
-
-class TrainingSetupError(ValueError):
-    """Settings and data that cannot train together; the message names the fix."""
+__all__ = ["PPLRTrainer", "TrainConfig", "EpochPlan", "plan_epoch", "cluster_means"]
 
 
 def cluster_means(x: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
@@ -108,6 +70,75 @@ class EndlessSampler(torch.utils.data.Sampler):
             yield from self.sampler
 
 
+# Below this fraction of images in clusters, an epoch is reported as "few kept".
+FEW_KEPT_FRACTION = 0.2
+# A cluster count that more than doubles or halves from one epoch to the next is reported.
+CLUSTER_JUMP_FACTOR = 2.0
+
+
+@dataclass
+class EpochPlan:
+    """What an epoch's clustering result lets the trainer do, and why.
+
+    ``events`` are short codes recorded in metrics.jsonl; ``messages`` are the
+    matching log lines, each saying what happened and what the trainer does.
+    """
+
+    train: bool = True
+    camera_loss: bool = True
+    events: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def note(self, event: str, message: str) -> None:
+        self.events.append(event)
+        self.messages.append(message)
+
+
+def plan_epoch(labels: torch.Tensor, cams: torch.Tensor, *, eps: float, cam: bool,
+               previous_clusters: int | None) -> EpochPlan:
+    """Decide, from the pseudo-labels alone, what this epoch can train.
+
+    - no cluster: nothing to train; the epoch is skipped (evaluated and saved as usual);
+    - one cluster: every loss needs a second class or a negative; skipped too;
+    - with ``cam``, no cluster seen by two cameras: the camera loss has no
+      positive anywhere, so the epoch trains without it;
+    - few images kept, or a cluster count that jumps: trained as usual, and said.
+    """
+    plan = EpochPlan()
+    n = labels.numel()
+    clusters = int(labels.max()) + 1 if n else 0
+    kept = int((labels >= 0).sum())
+    if clusters == 0:
+        plan.train = False
+        plan.note("no clusters", f"DBSCAN found no cluster (eps={eps}): all {n} images are "
+                  "outliers; skipping training this epoch — if this persists, raise --eps")
+        return plan
+    if clusters == 1:
+        plan.train = False
+        plan.note("one cluster", f"DBSCAN put all {kept} kept images into one cluster (eps={eps}): "
+                  "with a single pseudo identity no loss has a second class or a negative; "
+                  "skipping training this epoch — if this persists, lower --eps (on real data, "
+                  "start from ImageNet weights with --pretrained)")
+        return plan
+    if kept < FEW_KEPT_FRACTION * n:
+        plan.note("few kept", f"only {kept} of {n} images ({kept / n:.0%}) are in clusters, the "
+                  "rest are outliers; training on those — if this persists, raise --eps")
+    if previous_clusters and not (previous_clusters / CLUSTER_JUMP_FACTOR <= clusters
+                                  <= previous_clusters * CLUSTER_JUMP_FACTOR):
+        plan.note("cluster jump", f"the cluster count jumped from {previous_clusters} to "
+                  f"{clusters}; the classifiers are rebuilt from this epoch's centroids as "
+                  "every epoch, training goes on")
+    if cam:
+        member = labels >= 0
+        pairs = torch.unique(torch.stack([labels[member], cams[member].to(labels)], 1), dim=0)
+        if torch.unique(pairs[:, 0]).numel() == pairs.shape[0]:
+            plan.camera_loss = False
+            plan.note("no cross-camera cluster",
+                      "no cluster holds images of two cameras: the camera loss has no positive; "
+                      "training without it this epoch")
+    return plan
+
+
 class PPLRTrainer:
     """Runs a whole PPLR (or PPLR-CAM) training; ``fit()`` returns the final metrics."""
 
@@ -117,14 +148,12 @@ class PPLRTrainer:
         self.device = device
         self.logs = Path(config.logs_dir)
         self.train_samples = sorted(dataset.train)
-        if len(self.train_samples) < config.k1:
-            raise TrainingSetupError(
-                f"the training set has {len(self.train_samples)} images, fewer than "
-                f"k1={config.k1}: the k-reciprocal neighbourhoods would be meaningless; "
-                "lower --k1 or add images")
+        check_data_size(config, len(self.train_samples))
+        # a --resume file is read (and checked) here, before the caller writes anything
+        self.resume_state = self._read_resume(config.resume) if config.resume else None
         seed_everything(config.seed)      # before the model exists: its init draws from it
         self.model = PPLRNet(config.arch, num_parts=config.parts).to(device)
-        if config.pretrained:
+        if config.pretrained and config.pretrained != NO_PRETRAINED and self.resume_state is None:
             report = load_pretrained(self.model, config.pretrained)
             self.say(f"loaded ImageNet weights: {report.num_tensors} tensors from {report.path}")
         if config.sync_bn and distributed.is_initialized():
@@ -136,6 +165,7 @@ class PPLRTrainer:
         self.best_epoch = -1
         self.initial_metrics: dict | None = None
         self.stop_requested: int | bool = False   # the signal number once one arrived
+        self.previous_clusters: int | None = None
         self.metrics = MetricsLog(self.logs / "metrics.jsonl") if distributed.is_main() else None
 
     # ------------------------------------------------------------------ helpers
@@ -239,7 +269,7 @@ class PPLRTrainer:
         use_aals = epoch >= cfg.aals_epoch
         sums: dict[str, float] = {}
         bar = tqdm(range(cfg.iters), desc=f"epoch {epoch}: train", leave=False,
-                   disable=(None if cfg.progress is None else not cfg.progress) or not distributed.is_main())
+                   disable=not show_progress(cfg.progress) or not distributed.is_main())
         steps = 0
         for _ in bar:
             images, targets, cams, index = next(stream)
@@ -248,7 +278,7 @@ class PPLRTrainer:
             out = self.net(images)
             loss_g, loss_p = pplr_classification_loss(
                 out.logits_g, out.logits_p, targets, scores[index.to(self.device)], beta=cfg.beta,
-                use_aals=use_aals, epsilon=0.1, backend=cfg.backend)
+                use_aals=use_aals, epsilon=cfg.label_smoothing, backend=cfg.backend)
             loss_tri = soft_triplet_loss(out.f_g, targets)
             terms = {"pglr": loss_g, "part": loss_p, "triplet": loss_tri}
             if proxies is not None:
@@ -278,22 +308,20 @@ class PPLRTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        query, gallery = self.dataset.query, self.dataset.gallery
-        q, _ = self.extract(query, "evaluate: query")
-        g, _ = self.extract(gallery, "evaluate: gallery")
-        if not distributed.is_main():
-            return {}
-        dist = pairwise_distance(q, g)
-        as_tensor = lambda rows, col: torch.tensor([r[col] for r in rows])  # noqa: E731
-        return evaluate_ranking(dist, as_tensor(query, 1), as_tensor(gallery, 1),
-                                as_tensor(query, 2), as_tensor(gallery, 2))
+        metrics = evaluate_split(self.net, self.dataset.query, self.dataset.gallery,
+                                 height=self.cfg.height, width=self.cfg.width,
+                                 batch_size=max(64, self.cfg.batch_size), workers=self.cfg.workers,
+                                 device=self.device, progress=self.cfg.progress)
+        return metrics if distributed.is_main() else {}
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self, epoch: int, result: ClusterStageResult | None) -> dict:
+    def state(self, epoch: int, result: ClusterStageResult | None, optimizer: bool = True) -> dict:
+        """What a checkpoint holds; ``optimizer=False`` leaves out the Adam state (best.pth:
+        evaluation needs only the weights; last.pth keeps it for --resume)."""
         return {
             "model": self.model.state_dict(),
             "num_classes": self.model.num_classes,
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "optimizer": self.optimizer.state_dict() if self.optimizer and optimizer else None,
             "scheduler": {"base_lr": self.cfg.lr, "step_size": self.cfg.step_size, "gamma": 0.1},
             "epoch": epoch,
             "best_map": self.best_map,
@@ -305,26 +333,33 @@ class PPLRTrainer:
             "config": dataclasses.asdict(self.cfg),
         }
 
-    def save(self, name: str, epoch: int, result) -> None:
+    def save(self, name: str, epoch: int, result, optimizer: bool = True) -> None:
         if distributed.is_main():
-            save_checkpoint(self.state(epoch, result), self.logs / name)
+            save_checkpoint(self.state(epoch, result, optimizer), self.logs / name)
 
-    def restore(self, path: str) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+    def _read_resume(self, path: str) -> dict:
+        state = load_checkpoint(path, map_location="cpu")
         saved = state.get("config", {})
         for key in ("arch", "parts"):
             if saved.get(key) != getattr(self.cfg, key):
                 raise CheckpointError(
                     f"{path} was trained with --{key} {saved.get(key)}, this run asks for "
                     f"--{key} {getattr(self.cfg, key)}; resume with the same settings")
-        c, d, p = state["num_classes"], self.model.feature_dim, self.cfg.parts
-        self.model.reset_classifiers(torch.ones(c, d, device=self.device),
-                                     torch.ones(c, d, p, device=self.device))
+        if state.get("optimizer") is None:
+            raise CheckpointError(
+                f"{path} holds no optimizer state (best.pth keeps only the weights); resume "
+                "from the run's last.pth")
+        return state
+
+    def restore(self, path: str) -> None:
+        state = self.resume_state if self.resume_state is not None else self._read_resume(path)
+        self.resume_state = None
+        self.model.resize_classifiers(state["num_classes"])
         self.model.load_state_dict(state["model"])
+        self.model.to(self.device)
         self.net = self._wrap(self.model)
         self._rebuild_optimizer(state["epoch"] + 1)
-        if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch = state["epoch"] + 1
         self.best_map, self.best_epoch = state["best_map"], state["best_epoch"]
         self.initial_metrics = state.get("initial_metrics")
@@ -377,12 +412,20 @@ class PPLRTrainer:
                   "cluster_backend": result.backend, "lr": self._lr(epoch)}
         self.say(f"epoch {epoch}: {result.num_clusters} clusters, {result.num_outliers} outliers "
                  f"(clustering {result.timings['total']:.2f}s on {result.backend})")
-        if result.num_clusters == 0:
-            self.say(f"epoch {epoch}: DBSCAN found no cluster (eps={cfg.eps}); skipping training "
-                     "this epoch — if this persists, raise --eps or train longer")
-            record["skipped"] = "no clusters"
+        cams = torch.tensor([s[2] for s in self.train_samples])
+        plan = plan_epoch(result.labels, cams, eps=cfg.eps, cam=cfg.cam,
+                          previous_clusters=self.previous_clusters)
+        self.previous_clusters = result.num_clusters
+        for message in plan.messages:
+            self.say(f"epoch {epoch}: {message}")
+        if plan.events:
+            record["events"] = plan.events
+        if not plan.train:
+            record["skipped"] = plan.events[0]
         else:
             samples, scores, proxies = self.prepare_epoch(epoch, result, x_g, x_p)
+            if not plan.camera_loss:
+                proxies = None
             del x_g, x_p
             train_start = time.perf_counter()
             record.update(self.train_epoch(epoch, samples, scores, proxies))
@@ -400,7 +443,7 @@ class PPLRTrainer:
                 self.say(f"epoch {epoch}: mAP {metrics['mAP']:.1%} rank-1 {metrics['rank1']:.1%} "
                          f"(best {self.best_map:.1%} at epoch {self.best_epoch})")
                 if improved:
-                    self.save("best.pth", epoch, result)
+                    self.save("best.pth", epoch, result, optimizer=False)
         self.save("last.pth", epoch, result)
         record["epoch_s"] = time.perf_counter() - start
         return record

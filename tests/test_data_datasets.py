@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pplr_fast.config import DATASET_PRESETS
 from pplr_fast.data import (
     DATASET_NAMES,
-    DATASET_PRESETS,
     DatasetError,
     DatasetWarning,
     ImageDataset,

@@ -15,7 +15,8 @@ from pplr_fast.utils.checkpoint import CheckpointError, load_checkpoint, save_ch
 
 TINY = ["-d", "market1501", "-a", "resnet18", "--height", "64", "--width", "32", "-b", "16",
         "-n", "4", "-j", "0", "--iters", "3", "--eval-step", "1", "--k1", "10", "--k2", "3",
-        "--k", "5", "--eps", "0.7", "--aals-epoch", "1", "--no-progress", "--seed", "5"]
+        "--k", "5", "--eps", "0.7", "--aals-epoch", "1", "--no-progress", "--seed", "5",
+        "--pretrained", "none"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 

@@ -88,7 +88,7 @@ def test_cli_bad_setup_is_a_message_and_writes_nothing(small_dataset, tmp_path):
     with pytest.raises(SystemExit, match="cannot read pretrained weights file .*notes.pth"):
         train_main(["--pretrained", str(not_weights), "-a", "resnet18", *common])
     with pytest.raises(SystemExit, match="fewer than k1=5000.*lower --k1"):
-        train_main(["--k1", "5000", *common])
+        train_main(["--k1", "5000", "--pretrained", "none", *common])
     assert not (tmp_path / "run").exists(), "a run that cannot start leaves no folder behind"
 
 
@@ -97,3 +97,110 @@ def test_cli_missing_dataset_shows_expected_layout(tmp_path):
         train_main(["-d", "market1501", "--data-dir", str(tmp_path), "--logs-dir", str(tmp_path / "x")])
     message = str(err.value)
     assert "Market-1501" in message and "bounding_box_train" in message
+
+
+TINY_CLI = ["-a", "resnet18", "--height", "64", "--width", "32", "-b", "16", "-n", "4",
+            "--iters", "2", "--eval-step", "1", "--k1", "10", "--k2", "3", "--k", "5",
+            "--eps", "0.7", "--aals-epoch", "1", "--seed", "3"]
+
+
+def market_folder(small_dataset, tmp_path):
+    """``tmp_path`` laid out as a data dir holding a (symlinked) Market-1501 folder."""
+    (tmp_path / "Market-1501").symlink_to(small_dataset.root)
+    return tmp_path
+
+
+def test_unknown_dataset_is_one_line_for_train_and_evaluate(tmp_path, capsys):
+    from pplr_fast.evaluate import main as evaluate_main
+    for entry, extra in ((train_main, []), (evaluate_main, ["--checkpoint", "x.pth"])):
+        with pytest.raises(SystemExit) as err:
+            entry(["-d", "foo", "--data-dir", str(tmp_path), *extra])
+        assert err.value.code == 2
+        message = capsys.readouterr().err
+        assert "unknown dataset 'foo'" in message and "market1501" in message
+        assert "Traceback" not in message
+
+
+def test_real_dataset_needs_pretrained_or_an_explicit_none(small_dataset, tmp_path, capsys):
+    data = market_folder(small_dataset, tmp_path)
+    logs = tmp_path / "run"
+    with pytest.raises(SystemExit, match="needs ImageNet weights.*--pretrained PATH.*--pretrained none"):
+        train_main(["-d", "market1501", "--data-dir", str(data), "--logs-dir", str(logs)])
+    assert not logs.exists()
+    # the synthetic default trains from scratch without the flag: its config checks pass
+    from pplr_fast.config import check_config, make_config
+    check_config(make_config("synthetic"))
+    train_main(["-d", "market1501", "--data-dir", str(data), "--logs-dir", str(logs), "-j", "0",
+                "--pretrained", "none", "--epochs", "1", "--no-progress", *TINY_CLI])
+    err = capsys.readouterr().err
+    assert "warning: --pretrained none" in err and (logs / "last.pth").exists()
+
+
+def test_corrupt_image_in_a_loader_worker_is_one_line_and_leaves_no_folder(small_dataset, tmp_path):
+    import shutil
+    copy = tmp_path / "data" / "Market-1501"
+    shutil.copytree(small_dataset.root, copy)
+    victim = sorted((copy / "query").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])          # a truncated JPEG
+    logs = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        train_main(["-d", "market1501", "--data-dir", str(tmp_path / "data"), "--logs-dir", str(logs),
+                    "--pretrained", "none", "-j", "1", "--epochs", "1", "--no-progress", *TINY_CLI])
+    message = str(err.value)
+    assert message.startswith("error: cannot read image") and victim.name in message
+    assert "\n" not in message and "Traceback" not in message and "worker" not in message
+    assert not logs.exists(), "a run that could not start leaves no folder behind"
+
+
+def test_truncated_resume_is_named_and_overwrites_nothing(small_dataset, tmp_path):
+    data = market_folder(small_dataset, tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"note": "the run that wrote last.pth"}')
+    (run / "last.pth").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SystemExit) as err:
+        train_main(["-d", "market1501", "--data-dir", str(data), "--pretrained", "none",
+                    "--resume", str(run / "last.pth"), *TINY_CLI])
+    message = str(err.value)
+    assert "last.pth is corrupt or truncated" in message and "start a new run" in message
+    assert message.endswith(")"), "the message is whole, not cut mid-sentence"
+    assert (run / "config.json").read_text() == '{"note": "the run that wrote last.pth"}'
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "last.pth"]
+
+
+def test_cli_run_from_relative_paths_then_evaluate_elsewhere(small_dataset, tmp_path, monkeypatch,
+                                                             capfd):
+    """No bars in redirected output; best.pth without the optimizer; evaluate reads the
+    checkpoint's absolute data folder from any working directory and creates nothing."""
+    from pplr_fast.evaluate import main as evaluate_main
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    make_synthetic_dataset("data", num_train_ids=12, num_test_ids=8)
+    train_main(["--data-dir", "data", "--logs-dir", "run", "-j", "0", "--epochs", "2", *TINY_CLI])
+    err = capfd.readouterr().err
+    assert "\r" not in err, "progress bars are drawn only on a terminal"
+    best, last = load_checkpoint(work / "run" / "best.pth"), load_checkpoint(work / "run" / "last.pth")
+    assert best["optimizer"] is None and last["optimizer"] is not None
+    assert best["config"]["data_dir"] == str(work / "data")
+    with pytest.raises(SystemExit, match="holds no optimizer state.*last.pth"):
+        train_main(["--resume", str(work / "run" / "best.pth"), "--epochs", "3", *TINY_CLI])
+    monkeypatch.chdir(elsewhere)
+    metrics = evaluate_main(["--checkpoint", str(work / "run" / "best.pth"), "-j", "0"])
+    assert metrics["mAP"] == pytest.approx(next(
+        r["mAP"] for r in read_log(work / "run") if r["epoch"] == best["epoch"]), abs=1e-6)
+    assert list(elsewhere.iterdir()) == [], "evaluate never generates data"
+    with pytest.raises(SystemExit, match="no synthetic dataset at .*--data-dir"):
+        evaluate_main(["--checkpoint", str(work / "run" / "best.pth"), "--data-dir", str(elsewhere)])
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_help_says_what_the_no_argument_run_uses(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    from pplr_fast.config import DEMO_RECIPE, RECIPE
+    assert f"(default: {RECIPE['epochs']}; synthetic demo: {DEMO_RECIPE['epochs']})" in text
+    assert f"(default: {RECIPE['arch']}; synthetic demo: {DEMO_RECIPE['arch']})" in text
+    assert "total epochs of the run, also with --resume" in text
+    assert "docs/method.md" in text

@@ -1,9 +1,7 @@
 """Data layer: dataset folders, the synthetic dataset, transforms, sampling."""
 from .datasets import (
     DATASET_NAMES,
-    DATASET_PRESETS,
     DatasetError,
-    DatasetPreset,
     DatasetWarning,
     ReidDataset,
     Sample,
@@ -21,7 +19,7 @@ from .synthetic import make_synthetic_dataset, save_preview
 from .transforms import build_test_transform, build_train_transform
 
 __all__ = [
-    "DATASET_NAMES", "DATASET_PRESETS", "DatasetError", "DatasetPreset", "DatasetWarning",
+    "DATASET_NAMES", "DatasetError", "DatasetWarning",
     "ReidDataset", "Sample", "canonical_dataset_name", "create_dataset", "load_dukemtmcreid",
     "load_market1501", "load_msmt17", "load_veri", "read_market_layout",
     "ImageDataset", "ImageReadError", "read_rgb_image",

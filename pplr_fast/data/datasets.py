@@ -35,33 +35,6 @@ class DatasetWarning(UserWarning):
     """Some files of a split were skipped (malformed names)."""
 
 
-@dataclass(frozen=True)
-class DatasetPreset:
-    """Per-dataset recipe defaults (SPEC sections 2.2, 3 and 4)."""
-
-    height: int
-    width: int
-    num_instances: int
-    eps: float
-    eps_cam: float  # DBSCAN eps when camera proxies are used (PPLR-CAM)
-    lam_cam: float
-
-
-DATASET_PRESETS: dict[str, DatasetPreset] = {
-    "market1501": DatasetPreset(384, 128, 4, eps=0.6, eps_cam=0.4, lam_cam=0.5),
-    "msmt17": DatasetPreset(384, 128, 4, eps=0.7, eps_cam=0.6, lam_cam=1.0),
-    # SPEC gives no camera-proxy eps for VeRi-776: the plain eps is reused.
-    "veri": DatasetPreset(256, 256, 8, eps=0.7, eps_cam=0.7, lam_cam=0.5),
-    # SPEC gives no values for DukeMTMC-reID: Market-1501's are used.
-    "dukemtmcreid": DatasetPreset(384, 128, 4, eps=0.6, eps_cam=0.4, lam_cam=0.5),
-    # Built-in demo data (pplr_fast.data.synthetic), generated at 128x64, the
-    # size the CPU demo trains at. A smaller eps than Market-1501's: with an
-    # untrained network (no ImageNet weights offline) eps 0.6 merges most
-    # images into a few clusters at the first epoch, while 0.45 gives about
-    # 40 clusters for 64 identities.
-    "synthetic": DatasetPreset(128, 64, 4, eps=0.45, eps_cam=0.4, lam_cam=0.5),
-}
-
 _ALIASES = {
     "market1501": "market1501", "market": "market1501", "market-1501": "market1501",
     "msmt17": "msmt17", "msmt": "msmt17", "msmt17_v1": "msmt17",
@@ -71,7 +44,8 @@ _ALIASES = {
     "synthetic": "synthetic",
 }
 
-DATASET_NAMES = tuple(DATASET_PRESETS)
+# The datasets this package reads; their training presets are in pplr_fast.config.
+DATASET_NAMES = ("market1501", "msmt17", "veri", "dukemtmcreid", "synthetic")
 
 
 def canonical_dataset_name(name: str) -> str:
@@ -317,14 +291,20 @@ def load_msmt17(data_dir: str) -> ReidDataset:
     return ReidDataset(name="msmt17", root=root, **splits)
 
 
-def create_dataset(name: str, data_dir: str) -> ReidDataset:
+def create_dataset(name: str, data_dir: str, *, generate: bool = True) -> ReidDataset:
     """Load dataset ``name`` (case-insensitive, aliases accepted) from ``data_dir``.
 
-    ``synthetic`` is generated into ``data_dir`` on first use and reused after.
+    ``synthetic`` is generated into ``data_dir`` on first use and reused after;
+    with ``generate=False`` (evaluation) a missing synthetic folder is an error.
     """
     canonical = canonical_dataset_name(name)
     if canonical == "synthetic":
-        from .synthetic import make_synthetic_dataset
+        from .synthetic import FOLDER_NAME, make_synthetic_dataset
+        folder = os.path.join(os.path.abspath(os.path.expanduser(data_dir)), FOLDER_NAME)
+        if not generate and not os.path.isdir(folder):
+            raise DatasetError(
+                f"no synthetic dataset at {folder}; it is made by training "
+                "(python -m pplr_fast.train --data-dir ...): pass the --data-dir the run used")
         return read_market_layout(make_synthetic_dataset(data_dir), name="synthetic")
     loaders = {"market1501": load_market1501, "dukemtmcreid": load_dukemtmcreid,
                "veri": load_veri, "msmt17": load_msmt17}

@@ -121,6 +121,26 @@ class PPLRNet(nn.Module):
         f_p = F.normalize(torch.stack(self._part_features(feature_map), dim=-1), dim=1)
         return f_g, f_p
 
+    @classmethod
+    def from_checkpoint(cls, state: dict, device: torch.device | str = "cpu") -> "PPLRNet":
+        """The network of a pplr_fast checkpoint (``utils.checkpoint.load_checkpoint``), in eval mode.
+
+        Architecture and part count come from the checkpoint's config; the
+        classifiers are sized to the checkpoint's last epoch.
+        """
+        cfg = state["config"]
+        model = cls(cfg["arch"], num_parts=cfg["parts"])
+        model.resize_classifiers(state["num_classes"])
+        model.load_state_dict(state["model"])
+        return model.to(device).eval()
+
+    def resize_classifiers(self, num_classes: int) -> None:
+        """Classifiers with ``num_classes`` outputs, weights to be loaded from a state dict."""
+        d, p = self.feature_dim, self.num_parts
+        like = self.global_classifier.weight
+        self.reset_classifiers(torch.ones(num_classes, d, device=like.device),
+                               torch.ones(num_classes, d, p, device=like.device))
+
     @torch.no_grad()
     def reset_classifiers(self, centroids_g: torch.Tensor, centroids_p: torch.Tensor) -> None:
         """Re-create every classifier with C outputs, weights = L2-normalised centroids.

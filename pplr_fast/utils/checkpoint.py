@@ -49,10 +49,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
+        cause = (str(err).strip().splitlines() or [""])[0].strip().rstrip(".")
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated and cannot be read ({type(err).__name__}: "
-            f"{str(err)[:200]}); resume from another checkpoint (e.g. best.pth) or start "
-            "a new run") from None
+            f"checkpoint {path} is corrupt or truncated and cannot be read; resume from another "
+            f"checkpoint (e.g. best.pth) or start a new run (torch.load: {type(err).__name__}: "
+            f"{cause})") from None
     if not isinstance(state, dict) or state.get(FORMAT_KEY) is None:
         raise CheckpointError(
             f"{path} is not a pplr_fast checkpoint (no '{FORMAT_KEY}' marker); a torchvision "
