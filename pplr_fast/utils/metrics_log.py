@@ -1,4 +1,4 @@
-"""The run's metrics: one JSON line per epoch, and a PNG of mAP and clusters per epoch."""
+"""The run's metrics: one JSON line per epoch, and a PNG of them per epoch."""
 from __future__ import annotations
 
 import json
@@ -33,27 +33,41 @@ class MetricsLog:
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """mAP (left axis) and cluster count (right axis) per epoch, written as a PNG."""
+    """Three panels per epoch, written as a PNG: accuracy (mAP, rank-1), pseudo-labels
+    (clusters and outliers, from 0) and the training losses (total and each term)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
     epochs = [r for r in records if "epoch" in r]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    evaluated = [(r["epoch"], 100 * r["mAP"]) for r in epochs
-                 if isinstance(r.get("mAP"), (int, float)) and not math.isnan(r["mAP"])]
-    if evaluated:
-        ax.plot(*zip(*evaluated), "o-", color="tab:blue", label="mAP (%)")
-    ax.set_xlabel("epoch (-1 = before training)")
-    ax.set_ylabel("mAP (%)", color="tab:blue")
-    ax.grid(alpha=0.3)
-    twin = ax.twinx()
-    clusters = [(r["epoch"], r["clusters"]) for r in epochs if "clusters" in r]
-    if clusters:
-        twin.plot(*zip(*clusters), "s--", color="tab:orange", label="clusters")
-    twin.set_ylabel("pseudo identities (clusters)", color="tab:orange")
-    ax.set_title("PPLR training: mAP and cluster count per epoch")
+
+    def series(key: str, scale: float = 1.0):
+        points = [(r["epoch"], scale * r[key]) for r in epochs
+                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return tuple(zip(*points)) if points else None
+
+    fig, (acc, labels, losses) = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
+    for key, style, name in (("mAP", "o-", "mAP"), ("rank1", "s--", "rank-1")):
+        if (xy := series(key, 100.0)) is not None:
+            acc.plot(*xy, style, label=name)
+    acc.set(title="evaluation", xlabel="epoch (-1 = before training)", ylabel="%")
+    for key, style, name in (("clusters", "o-", "clusters (pseudo identities)"),
+                             ("outliers", "s--", "outliers (not trained on)")):
+        if (xy := series(key)) is not None:
+            labels.plot(*xy, style, label=name)
+    labels.set(title="pseudo-labels", xlabel="epoch", ylabel="images / clusters")
+    labels.set_ylim(bottom=0)
+    for key, name in (("loss", "total"), ("loss_pglr", "PGLR (global)"),
+                      ("loss_part", "part (AALS / label-smoothed CE)"), ("loss_triplet", "soft triplet"),
+                      ("loss_camera", "camera (PPLR-CAM)")):
+        if (xy := series(key)) is not None:
+            losses.plot(*xy, "o-" if key == "loss" else ".--", label=name)
+    losses.set(title="training loss (mean over the epoch)", xlabel="epoch", ylabel="loss")
+    for ax in (acc, labels, losses):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)

@@ -1,0 +1,55 @@
+"""One source of defaults: the recipe, the dataset presets and the demo recipe, layered."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pplr_fast.config import (DATASET_PRESETS, DEMO_RECIPE, RECIPE, ConfigError, TrainConfig,
+                              check_config, make_config)
+from pplr_fast.data import DATASET_NAMES
+from pplr_fast.train import build_parser, config_from_args
+
+
+def test_every_dataset_has_a_preset_and_the_paper_values():
+    assert set(DATASET_PRESETS) == set(DATASET_NAMES)
+    market, msmt = DATASET_PRESETS["market1501"], DATASET_PRESETS["msmt17"]
+    assert (market.eps, market.eps_cam, msmt.eps, msmt.eps_cam, msmt.lam_cam) == (0.6, 0.4, 0.7, 0.6, 1.0)
+    assert [name for name, p in DATASET_PRESETS.items() if not p.real] == ["synthetic"]
+
+
+def test_layers_recipe_preset_demo_then_flags():
+    market = make_config("market1501", pretrained="none")
+    assert (market.arch, market.epochs, market.eps, market.height) == ("resnet50", 50, 0.6, 384)
+    assert make_config("market1501", cam=True).eps == 0.4
+    assert make_config("veri").num_instances == 8
+    demo = make_config("synthetic")
+    assert (demo.arch, demo.epochs, demo.iters) == (DEMO_RECIPE["arch"], DEMO_RECIPE["epochs"],
+                                                     DEMO_RECIPE["iters"])
+    assert demo.eps == DATASET_PRESETS["synthetic"].eps and demo.k1 == RECIPE["k1"]
+    assert make_config("synthetic", epochs=9, eps=None).epochs == 9, "None means 'flag not given'"
+    assert make_config("synthetic").label_smoothing == RECIPE["label_smoothing"] == 0.1
+    with pytest.raises(TypeError, match="unknown setting"):
+        make_config("synthetic", epoch=3)
+
+
+def test_the_command_line_holds_no_default_of_its_own(tmp_path):
+    """Flags that are not given leave the value to pplr_fast.config."""
+    args = build_parser().parse_args(["--logs-dir", str(tmp_path / "x")])
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("dataset", "data_dir", "logs_dir", "device", "cam", "sync_bn"):
+            continue
+        if hasattr(args, field.name):
+            assert getattr(args, field.name) is None, field.name
+    assert config_from_args(args) == make_config(
+        "synthetic", data_dir=str(Path("data").resolve()), logs_dir=str((tmp_path / "x").resolve()),
+        device="cpu")
+
+
+def test_checks_report_every_problem_at_once():
+    cfg = make_config("synthetic", k2=40, eps=1.5, batch_size=30, num_instances=4, lr=0.0)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    text = str(err.value)
+    for expected in ("--k2 40 must not exceed --k1 30", "--eps must lie in (0, 1)",
+                     "multiple of --num-instances", "--lr must be > 0"):
+        assert expected in text
