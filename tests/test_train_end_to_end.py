@@ -204,3 +204,17 @@ def test_help_says_what_the_no_argument_run_uses(capsys):
     assert f"(default: {RECIPE['arch']}; synthetic demo: {DEMO_RECIPE['arch']})" in text
     assert "total epochs of the run, also with --resume" in text
     assert "docs/method.md" in text
+
+
+def test_issue_repro_default_recipe_on_a_market_folder_from_random_weights(small_dataset, tmp_path):
+    """The first real-JPEG run that crashed: `-d market1501 -a resnet18` with the preset eps
+    (0.6) and an untrained network, which merges the training images into one cluster."""
+    data = market_folder(small_dataset, tmp_path)
+    logs = tmp_path / "run"
+    train_main(["-d", "market1501", "--data-dir", str(data), "-a", "resnet18", "--pretrained", "none",
+                "--height", "64", "--width", "32", "-b", "16", "--iters", "2", "--epochs", "2",
+                "--eval-step", "1", "-j", "0", "--no-progress", "--logs-dir", str(logs)])
+    records = read_log(logs)
+    assert [r["epoch"] for r in records] == [-1, 0, 1]
+    assert records[1]["clusters"] <= 1 and records[1]["skipped"] in ("one cluster", "no clusters")
+    assert all("mAP" in r for r in records) and (logs / "last.pth").exists()
