@@ -65,7 +65,12 @@ setup(
         # scikit-learn is the DBSCAN oracle of the tests, never used at run time.
         "test": ["pytest>=7", "scikit-learn", "triton>=3.0"],
         # GPU kernels: Triton (bundled with CUDA torch on Linux), CuPy compiles
-        # csrc/cuda/*.cu at run time, faiss-gpu optionally serves kNN.
+        # csrc/cuda/*.cu at run time. Pick the CuPy built for the CUDA major
+        # version of your torch (python -c "import torch; print(torch.version.cuda)");
+        # "gpu" is the CUDA 12 one, kept for old install commands. Without a
+        # working CuPy the GPU DBSCAN runs as torch label propagation instead.
+        "gpu-cuda12": ["triton>=3.0", "cupy-cuda12x"],
+        "gpu-cuda13": ["triton>=3.0", "cupy-cuda13x"],
         "gpu": ["triton>=3.0", "cupy-cuda12x"],
         "faiss": ["faiss-cpu"],
     },
