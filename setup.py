@@ -55,7 +55,9 @@ setup(
     package_dir={"pplr_fast.kernels": "kernels",
                  "pplr_fast.csrc_cuda": os.path.join("csrc", "cuda")},
     package_data={"pplr_fast.csrc_cuda": ["*.cu", "*.cuh"]},
-    ext_modules=cpu_extensions(),
+    # PPLR_FAST_SKIP_CPU_KERNELS=1: install without the C++ kernels (a GPU
+    # machine without Python headers); CPU tensors then run the reference path.
+    ext_modules=[] if os.environ.get("PPLR_FAST_SKIP_CPU_KERNELS", "0") == "1" else cpu_extensions(),
     cmdclass={"build_ext": build_ext},
     # torch is pinned by the README's install command (torch==2.13.0, the CPU
     # build on a CPU machine); here any recent torch is accepted so that a GPU
