@@ -60,11 +60,13 @@ def gpu_fallback_notice(op: str, device, problem: str, fix: str, substitute: str
     """
     device = str(device)
     if substitute == "reference":
+        heading = f"SLOW PATH ON {device.upper()}"
         cost = ("the plain-PyTorch reference runs instead: orders of magnitude slower at large N "
                 "(DBSCAN: a Python loop over every edge; Jaccard: dense N x N matrices)")
     else:
-        cost = f"{substitute} runs instead"
-    text = (f"\n{'!' * 78}\npplr_fast: SLOW PATH ON {device.upper()}: the fast {op} cannot run: "
+        heading = f"SUBSTITUTE ON {device.upper()}"
+        cost = f"{substitute} runs instead (same results)"
+    text = (f"\n{'!' * 78}\npplr_fast: {heading}: the fast {op} cannot run: "
             f"{problem}\n  {cost}.\n  Fix: {fix}\n  (set {STRICT_ENV}=1 to make this an error)"
             f"\n{'!' * 78}")
     record = {"event": "gpu_fallback", "op": op, "device": device, "requested": "fast",

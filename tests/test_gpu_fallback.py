@@ -41,7 +41,8 @@ def test_banner_once_record_every_call_drained_per_epoch():
 
 
 def test_substitute_is_named_and_kept_apart():
-    with pytest.warns(GPUFallbackWarning, match="label propagation runs instead"):
+    with pytest.warns(GPUFallbackWarning, match="SUBSTITUTE ON CUDA:0(.|\n)*label propagation "
+                                                "runs instead"):
         report_gpu_fallback("dbscan", "cuda:0", "NVRTC fails", "fix", substitute="label propagation")
     with pytest.warns(GPUFallbackWarning, match="plain-PyTorch reference"):
         report_gpu_fallback("dbscan", "cuda:0", "NVRTC fails", "fix")
