@@ -45,7 +45,6 @@ import statistics
 import subprocess
 import sys
 import time
-import traceback
 import warnings
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
@@ -474,7 +473,9 @@ def worker(kind: str, args) -> None:
     """A step that runs in its own process: under compute-sanitizer, or with a timeout."""
     import torch
     device = torch.device(args.device)
-    if kind == "sanitize-stage":
+    if kind == "pieces":
+        print(RESULT_MARK + json.dumps(piece_probes(device)))
+    elif kind == "sanitize-stage":
         from pplr_fast.cluster.dbscan_propagation import dbscan_propagation
         x_g, x_p = make_features(400, 64)
         out = stage_function()(x_g.to(device), x_p.to(device), backend="fast", **STAGE_ARGS)
@@ -668,15 +669,21 @@ def main(argv=None) -> int:
             if str(cupy_major) != info["torch_cuda"].split(".")[0]:
                 report.line(step, f"WARNING: CuPy is built for CUDA {cupy_major}, torch for "
                                   f"{info['torch_cuda']}: install cupy-cuda{info['torch_cuda'].split('.')[0]}x")
-        pieces = piece_probes(device)
+        timeout = max(MIN_STEP_S, step["budget_s"] - (time.time() - step["start"]))
+        code, out, seconds = run_subprocess(worker_command("pieces", args), timeout)
+        pieces = worker_result(out)
+        if pieces is None:
+            why = f"stopped at its budget ({seconds:.0f} s)" if code is None else f"exit {code}"
+            raise RuntimeError(f"the piece probes gave no result ({why}): "
+                               f"{one_line(out.strip()[-1200:], 1200)}")
         data["pieces"] = pieces
         width = max(len(p["piece"]) for p in pieces)
         for piece in pieces:
             report.line(step, f"{piece['piece']:<{width}}  {piece['status']:<8}  {piece['why']}")
     except Exception as err:     # noqa: BLE001
-        report.line(step, f"failed: {one_line(err)}")
+        step["status"] = "failed"
+        report.line(step, f"failed: {one_line(err, 1500)}")
         data.setdefault("pieces", [])
-        traceback.print_exc()
     report.end(step)
 
     # 2. GPU tests
