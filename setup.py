@@ -55,7 +55,9 @@ setup(
     package_dir={"pplr_fast.kernels": "kernels",
                  "pplr_fast.csrc_cuda": os.path.join("csrc", "cuda")},
     package_data={"pplr_fast.csrc_cuda": ["*.cu", "*.cuh"]},
-    ext_modules=cpu_extensions(),
+    # PPLR_FAST_SKIP_CPU_KERNELS=1: install without the C++ kernels (a GPU
+    # machine without Python headers); CPU tensors then run the reference path.
+    ext_modules=[] if os.environ.get("PPLR_FAST_SKIP_CPU_KERNELS", "0") == "1" else cpu_extensions(),
     cmdclass={"build_ext": build_ext},
     # torch is pinned by the README's install command (torch==2.13.0, the CPU
     # build on a CPU machine); here any recent torch is accepted so that a GPU
@@ -65,7 +67,12 @@ setup(
         # scikit-learn is the DBSCAN oracle of the tests, never used at run time.
         "test": ["pytest>=7", "scikit-learn", "triton>=3.0"],
         # GPU kernels: Triton (bundled with CUDA torch on Linux), CuPy compiles
-        # csrc/cuda/*.cu at run time, faiss-gpu optionally serves kNN.
+        # csrc/cuda/*.cu at run time. Pick the CuPy built for the CUDA major
+        # version of your torch (python -c "import torch; print(torch.version.cuda)");
+        # "gpu" is the CUDA 12 one, kept for old install commands. Without a
+        # working CuPy the GPU DBSCAN runs as torch label propagation instead.
+        "gpu-cuda12": ["triton>=3.0", "cupy-cuda12x"],
+        "gpu-cuda13": ["triton>=3.0", "cupy-cuda13x"],
         "gpu": ["triton>=3.0", "cupy-cuda12x"],
         "faiss": ["faiss-cpu"],
     },

@@ -1,0 +1,923 @@
+"""One command for a GPU session: environment, GPU tests, sanitizer, timings, targets.
+
+    python benchmarks/gpu_check.py [--out DIR] [--budget SECONDS]
+
+Prints, in order, each step with its own time budget (a step that cannot run
+says "skipped: <why>"; the whole check stays under ``--budget``, 450 s by
+default, i.e. under 8 minutes on one H100/H200):
+
+1. environment: Python, torch, CUDA, GPU, driver, Triton, CuPy, NVRTC,
+   compute-sanitizer; which fast pieces run natively on the GPU and which
+   fall back, and why (each piece is run on a small input and compared with
+   the reference);
+2. the GPU tests: ``PPLR_TEST_GPU=1 pytest`` on the test files that take the
+   ``device`` fixture, in a subprocess with a timeout;
+3. ``compute-sanitizer --tool memcheck`` of a small clustering stage and of a
+   fused-loss forward/backward (torch's caching allocator off), when the tool
+   exists;
+4. the clustering stage at N = 12,936, D = 2048, N_p = 3 (identity-structured
+   features of ``benchmarks/features.py``): a warm-up and 3 timed runs per
+   stage, labels and scores compared with the CPU fast path, the timed GPU
+   runs compared with each other bit for bit (labels, scores, Jaccard values);
+5. the fused-loss benchmark (``benchmarks/losses.py --device cuda``, C = 500
+   and 20,000);
+6. a scaling probe at D = 256: N = 62,500 and N = 250,000 (one run each after
+   a small warm-up, each in a subprocess with a timeout), extrapolated to
+   N = 1,000,000 stage by stage with the growth exponent the two sizes show;
+7. one line per target: met, missed, or not measured.
+
+Writes ``gpu_check_cuda.{md,json,png}`` (and ``losses_cuda.{md,json}`` from
+step 5) into ``--out`` (default ``benchmarks/results``). When ``pplr_fast``
+is not installed from this checkout it first runs the offline install
+(``pip install --no-deps --no-build-isolation -e .``; ``--no-install`` skips
+it). On a machine without a GPU it says so and exits 0, writing nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCHMARKS)
+RESULT_MARK = "GPU_CHECK_RESULT "
+STAGES = ("knn_global", "knn_parts", "encoding", "jaccard", "dbscan", "cross_agreement")
+STAGE_ARGS = dict(eps=0.6, k1=30, k2=6, min_samples=4, k=20)     # the benchmarks' defaults
+TARGET_SMALL_S = 0.2          # N = 12,936, D = 2048, whole stage
+TARGET_1M_S = 30.0            # N = 1,000,000, D = 256, global + 3 parts, whole stage
+STEP_BUDGETS = {              # seconds; a step gets less when the overall budget runs short
+    "environment": 45, "tests": 90, "sanitizer": 80, "stage": 70, "losses": 60,
+    "scaling": 105,
+}
+MIN_STEP_S = 12               # a later step is always left at least this much
+
+
+# --------------------------------------------------------------------- small helpers
+def one_line(err: BaseException | str, limit: int = 300) -> str:
+    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+class Budget:
+    """The overall deadline; each step's timeout leaves the later steps their minimum."""
+
+    def __init__(self, total: float, start: float):
+        self.total, self.start = total, start
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def for_step(self, step: str, later_steps: int) -> float:
+        remaining = self.total - self.elapsed() - MIN_STEP_S * later_steps
+        return max(0.0, min(STEP_BUDGETS[step], remaining))
+
+
+def run_subprocess(command: list[str], timeout: float, env: dict | None = None,
+                   cwd: str = REPO) -> tuple[int | None, str, float]:
+    """(return code or None on timeout, stdout + stderr, seconds)."""
+    start = time.time()
+    environment = {**os.environ, **(env or {})}
+    environment.pop("TRITON_INTERPRET", None)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              env=environment, cwd=cwd)
+        return done.returncode, done.stdout + done.stderr, time.time() - start
+    except subprocess.TimeoutExpired as err:
+        out = (err.stdout or b"") + (err.stderr or b"")
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        return None, out, time.time() - start
+
+
+def worker_result(output: str) -> dict | None:
+    """The JSON a ``--worker`` subprocess printed after RESULT_MARK."""
+    for line in output.splitlines()[::-1]:
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    return None
+
+
+def gpu_test_files(tests_dir: str) -> list[str]:
+    """Test files that run on CUDA with PPLR_TEST_GPU=1 (they take the ``device`` fixture)."""
+    pattern = re.compile(r"def test_\w+\([^)]*\bdevice\b")
+    files = []
+    for name in sorted(os.listdir(tests_dir)):
+        if name.startswith("test_") and name.endswith(".py"):
+            with open(os.path.join(tests_dir, name)) as handle:
+                if pattern.search(handle.read()):
+                    files.append(os.path.join(tests_dir, name))
+    return files
+
+
+def pytest_summary(output: str) -> dict:
+    """Counts of a pytest run's last summary line, and its FAILED/ERROR lines."""
+    counts = {}
+    for line in output.splitlines()[::-1]:
+        found = re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", line)
+        if found:
+            counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(number)
+                      for number, kind in found}
+            break
+    failures = [line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return {"counts": counts, "failures": failures}
+
+
+def sanitizer_summary(output: str) -> int | None:
+    """The error count of compute-sanitizer's ``ERROR SUMMARY: N errors`` line."""
+    found = re.findall(r"ERROR SUMMARY: (\d+) error", output)
+    return int(found[-1]) if found else None
+
+
+def find_sanitizer() -> str | None:
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    for root in ("/usr/local/cuda", os.environ.get("CUDA_HOME", ""), "/opt/nvidia"):
+        candidate = os.path.join(root, "bin", "compute-sanitizer") if root else ""
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def growth_exponent(t_small: float, t_large: float, ratio: float) -> float:
+    """e with t_large = t_small * ratio**e, clipped to [1, 2] (linear .. quadratic)."""
+    if t_small <= 0 or t_large <= 0:
+        return 2.0
+    return min(2.0, max(1.0, math.log(t_large / t_small) / math.log(ratio)))
+
+
+def extrapolate(small: dict | None, large: dict, n_small: int | None, n_large: int,
+                n_target: int) -> dict:
+    """Per-stage times at ``n_target`` from the probe's stage times.
+
+    With two sizes each stage grows with its own measured exponent (clipped to
+    [1, 2]); with one, the kNN stages are taken as quadratic and the rest as
+    linear (an assumption the output states).
+    """
+    ratio = n_target / n_large
+    stages, exponents = {}, {}
+    for stage in STAGES:
+        if stage not in large["timings"]:
+            continue
+        if small is not None and stage in small["timings"]:
+            exponents[stage] = growth_exponent(small["timings"][stage], large["timings"][stage],
+                                               n_large / n_small)
+        else:
+            exponents[stage] = 2.0 if stage.startswith("knn") else 1.0
+        stages[stage] = large["timings"][stage] * ratio ** exponents[stage]
+    return {"n": n_target, "stages": stages, "exponents": exponents,
+            "total": sum(stages.values()), "measured_sizes": 2 if small else 1}
+
+
+def verdict(value: float | None, limit: float) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if value < limit else "missed"
+
+
+# --------------------------------------------------------------------- installation
+def installed_here() -> str | None:
+    """None when pplr_fast (kernels included) imports from this checkout, else why not."""
+    probe = ("import pplr_fast, pplr_fast.kernels, pplr_fast.csrc_cuda; "
+             "print(pplr_fast.__file__)")
+    code, out, _ = run_subprocess([sys.executable, "-c", probe], 120, cwd="/")
+    if code != 0:
+        return f"pplr_fast does not import ({one_line(out.strip().splitlines()[-1] if out.strip() else out)})"
+    location = out.strip().splitlines()[-1]
+    if not os.path.realpath(location).startswith(os.path.realpath(REPO) + os.sep):
+        return f"pplr_fast imports from {location}, not from this checkout"
+    return None
+
+
+def install_offline(timeout: float) -> list[str]:
+    """Run the README's offline install; lines for the report."""
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+               "-e", REPO]
+    lines = [f"installing: {' '.join(command[1:])}"]
+    code, out, seconds = run_subprocess(command, timeout)
+    if code == 0:
+        return lines + [f"installed in {seconds:.0f} s"]
+    lines.append(f"install failed ({'timeout' if code is None else f'exit {code}'}, {seconds:.0f} s):"
+                 f" {one_line(out.strip()[-600:])}")
+    code, out, seconds = run_subprocess(command, timeout, env={"PPLR_FAST_SKIP_CPU_KERNELS": "1"})
+    if code == 0:
+        return lines + [f"installed WITHOUT the C++ CPU kernels (PPLR_FAST_SKIP_CPU_KERNELS=1) in "
+                        f"{seconds:.0f} s: the CPU comparison runs the reference path"]
+    return lines + [f"install without CPU kernels failed too: {one_line(out.strip()[-600:])}"]
+
+
+# --------------------------------------------------------------------- step 1: environment
+def versions(device) -> dict:
+    import torch
+    info = {"python": platform.python_version(), "executable": sys.executable,
+            "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    props = torch.cuda.get_device_properties(device)
+    free, total = torch.cuda.mem_get_info(device)
+    info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
+                multiprocessors=props.multi_processor_count,
+                gpu_memory_gib=round(total / 2 ** 30, 1), gpu_free_gib=round(free / 2 ** 30, 1))
+    if shutil.which("nvidia-smi"):
+        code, out, _ = run_subprocess(["nvidia-smi", "--query-gpu=driver_version",
+                                       "--format=csv,noheader"], 30)
+        info["driver"] = out.strip().splitlines()[0] if code == 0 and out.strip() else None
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except Exception as err:     # noqa: BLE001 - a broken install raises more than ImportError
+        info["triton"] = f"not importable ({one_line(err)})"
+    try:
+        import cupy
+        info["cupy"] = cupy.__version__
+        info["cupy_cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        info["cupy_cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+        info["nvrtc"] = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+    except Exception as err:     # noqa: BLE001
+        info.setdefault("cupy", f"not usable ({one_line(err)})")
+    sanitizer = find_sanitizer()
+    info["compute_sanitizer"] = sanitizer
+    if shutil.which("nvcc"):
+        code, out, _ = run_subprocess(["nvcc", "--version"], 30)
+        info["nvcc"] = out.strip().splitlines()[-1] if code == 0 and out.strip() else None
+    try:
+        import pplr_fast
+        info["pplr_fast"] = os.path.dirname(pplr_fast.__file__)
+        import pplr_fast._version as built
+        info["cpu_kernels"] = built.build_info()
+    except Exception as err:     # noqa: BLE001
+        info["cpu_kernels"] = f"not built ({one_line(err)})"
+    return info
+
+
+def caught_fallbacks(caught) -> list[str]:
+    return [one_line(str(w.message)) for w in caught
+            if "fall" in str(w.message).lower() or "slow path" in str(w.message).lower()]
+
+
+def probe(name: str, run) -> dict:
+    """Run one piece on a small input; native / fallback (with the warning) / wrong / failed."""
+    start = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ok, detail = run()
+        except Exception as err:     # noqa: BLE001 - report every failure, keep going
+            return {"piece": name, "status": "failed", "why": one_line(err),
+                    "seconds": time.time() - start}
+    fallbacks = caught_fallbacks(caught)
+    if not ok:
+        status, why = "wrong", detail
+    elif fallbacks:
+        status, why = "fallback", fallbacks[0]
+    else:
+        status, why = "native", detail
+    return {"piece": name, "status": status, "why": why, "seconds": time.time() - start}
+
+
+def piece_probes(device) -> list[dict]:
+    """Each fast piece on a small input on ``device``, against the reference on the CPU."""
+    import torch
+    from pplr_fast.cluster import cross_agreement, dbscan, jaccard_distance, nearest_neighbours
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(12, 48, generator=generator)
+    x = torch.nn.functional.normalize(
+        centres[torch.arange(300) % 12] + 0.35 * torch.randn(300, 48, generator=generator), dim=1)
+    x_p = torch.nn.functional.normalize(x[:, :, None] + 0.3 * torch.randn(300, 48, 3,
+                                                                          generator=generator),
+                                        dim=1)
+    gx, gx_p = x.to(device), x_p.to(device)
+
+    def cpu_kernels():
+        for module in ("pplr_fast._knn", "pplr_fast._jaccard", "pplr_fast._dbscan",
+                       "pplr_fast._cross_agreement"):
+            __import__(module)
+        return True, "C++/OpenMP extensions import"
+
+    def triton_runs():
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def add_one(x_ptr, n, BLOCK: tl.constexpr):
+            offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(x_ptr + offsets, tl.load(x_ptr + offsets, mask=offsets < n) + 1,
+                     mask=offsets < n)
+
+        values = torch.zeros(1000, device=device)
+        add_one[(triton.cdiv(1000, 256),)](values, 1000, BLOCK=256)
+        return bool((values == 1).all()), f"a kernel compiled and ran (Triton {triton.__version__})"
+
+    def cupy_nvrtc_runs():
+        import cupy
+        kernel = cupy.RawKernel(r'''extern "C" __global__ void twice(float* x, int n) {
+            int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) x[i] *= 2.0f; }''', "twice")
+        values = torch.ones(1000, device=device)
+        with cupy.cuda.Device(values.device.index or 0):
+            kernel((4,), (256,), (cupy.from_dlpack(values), cupy.int32(1000)))
+        torch.cuda.synchronize(device)
+        return bool((values == 2).all()), "NVRTC compiled a kernel, CuPy launched it"
+
+    def knn():
+        _, rank = nearest_neighbours(gx, 15, backend="fast")
+        _, expected = nearest_neighbours(x, 15, backend="reference")
+        return torch.equal(rank.cpu(), expected), "same ranks as the reference"
+
+    def jaccard():
+        sparse = jaccard_distance(gx, k1=20, k2=6, backend="fast", max_distance=0.6)
+        dense = jaccard_distance(x, k1=20, k2=6, backend="reference")
+        got = sparse.to_dense().cpu() if hasattr(sparse, "to_dense") else sparse.cpu()
+        near = (got - dense).abs()[dense <= 0.6].max() if bool((dense <= 0.6).any()) else 0.0
+        return float(near) < 1e-5, f"max |d - reference| {float(near):.1e} below the cutoff"
+
+    def dbscan_fast():
+        sparse = jaccard_distance(gx, k1=20, k2=6, backend="fast", max_distance=0.6)
+        dense = jaccard_distance(x, k1=20, k2=6, backend="reference")
+        got = dbscan(sparse, 0.6, 4, backend="fast").cpu()
+        expected = dbscan(dense, 0.6, 4, backend="reference")
+        return torch.equal(got, expected), f"same labels as the reference ({int(got.max()) + 1} clusters)"
+
+    def dbscan_propagation():
+        from pplr_fast.cluster.dbscan_propagation import dbscan_propagation as propagate
+        dense = jaccard_distance(x, k1=20, k2=6, backend="reference")
+        rows, cols = torch.nonzero(dense <= 0.6, as_tuple=True)
+        crow = torch.zeros(301, dtype=torch.int64)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=300), 0)
+        got, rounds = propagate(crow.to(device), cols.to(device), 4, return_rounds=True)
+        expected = dbscan(dense, 0.6, 4, backend="reference")
+        return torch.equal(got.cpu(), expected), f"same labels as the reference, {rounds} rounds"
+
+    def agreement():
+        got = cross_agreement(gx, gx_p, k=10, backend="fast").cpu()
+        expected = cross_agreement(x, x_p, k=10, backend="reference")
+        return torch.equal(got, expected), "bit-identical scores"
+
+    def fused_loss():
+        from pplr_fast.losses import pplr_classification_loss
+        logits_g = torch.randn(16, 300, generator=generator) * 3
+        logits_p = torch.randn(16, 300, 3, generator=generator) * 3
+        targets = torch.randint(0, 300, (16,), generator=generator)
+        scores = torch.rand(16, 3, generator=generator)
+        from pplr_fast.kernels.pplr_classification_loss import pplr_classification_loss_fused
+        got = pplr_classification_loss_fused(logits_g.to(device), logits_p.to(device),
+                                             targets.to(device), scores.to(device), use_aals=True)
+        want = pplr_classification_loss(logits_g, logits_p, targets, scores, use_aals=True,
+                                        backend="reference")
+        error = max(float((g.cpu() - w).abs().max()) for g, w in zip(got, want))
+        return error < 1e-4, f"Triton kernels; max |loss - reference| {error:.1e}"
+
+    pieces = [("CPU kernels (C++/OpenMP)", cpu_kernels)]
+    if device.type == "cuda":
+        pieces += [("Triton on the GPU", triton_runs), ("CuPy + NVRTC", cupy_nvrtc_runs)]
+    pieces += [("kNN (fast)", knn), ("Jaccard (fast)", jaccard), ("DBSCAN (fast)", dbscan_fast),
+               ("DBSCAN by label propagation", dbscan_propagation),
+               ("cross-agreement (fast)", agreement)]
+    if device.type == "cuda":
+        pieces.append(("fused classification loss", fused_loss))
+    return [probe(name, run) for name, run in pieces]
+
+
+# --------------------------------------------------------------------- step 4: the stage
+def stage_function():
+    """run_cluster_stage from its public home (pplr_fast.cluster, or its stage module)."""
+    try:
+        from pplr_fast.cluster import run_cluster_stage
+    except ImportError:
+        from pplr_fast.cluster.stage import run_cluster_stage
+    return run_cluster_stage
+
+
+def make_features(n: int, dim: int, parts: int = 3, seed: int = 0):
+    sys.path.insert(0, BENCHMARKS)
+    from features import identity_features
+    x_g, x_p, _ = identity_features(n, dim, parts, seed=seed)
+    return x_g, x_p
+
+
+def synchronize(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def adjusted_rand_index(a, b) -> float:
+    sys.path.insert(0, BENCHMARKS)
+    from cluster_stage import adjusted_rand_index as ari
+    return ari(a, b)
+
+
+def jaccard_snapshot(x_g, device):
+    """(crow, col, val) of the fast Jaccard of x_g, for a bit-for-bit comparison."""
+    from pplr_fast.cluster import jaccard_distance
+    sparse = jaccard_distance(x_g, k1=STAGE_ARGS["k1"], k2=STAGE_ARGS["k2"], backend="fast",
+                              max_distance=STAGE_ARGS["eps"])
+    return tuple(t.clone() for t in (sparse.crow, sparse.col, sparse.val))
+
+
+def stage_benchmark(device, n: int, dim: int, repeat: int, cpu_compare: bool) -> dict:
+    import torch
+    run_cluster_stage = stage_function()
+    start = time.time()
+    x_g, x_p = make_features(n, dim)
+    result = {"n": n, "dim": dim, "parts": 3, "features_s": time.time() - start,
+              **{k: v for k, v in STAGE_ARGS.items()}}
+    gx_g, gx_p = x_g.to(device), x_p.to(device)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    start = time.time()
+    warm = run_cluster_stage(gx_g, gx_p, backend="fast", **STAGE_ARGS)
+    synchronize(device)
+    result["warmup_s"] = time.time() - start
+    result["backend"] = warm.backend
+    runs = []
+    for _ in range(repeat):
+        runs.append(run_cluster_stage(gx_g, gx_p, backend="fast", **STAGE_ARGS))
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    result["timings"] = {stage: statistics.median(r.timings.get(stage, 0.0) for r in runs)
+                         for stage in (*STAGES, "total")}
+    result["total_runs_s"] = [r.timings["total"] for r in runs]
+    result["clusters"], result["outliers"] = runs[0].num_clusters, runs[0].num_outliers
+    labels, scores = runs[0].labels.cpu(), runs[0].scores.cpu()
+    result["runs_bit_identical"] = all(torch.equal(r.labels.cpu(), labels) and
+                                       torch.equal(r.scores.cpu(), scores) for r in runs[1:]) \
+        and torch.equal(warm.labels.cpu(), labels)
+    first, second = jaccard_snapshot(gx_g, device), jaccard_snapshot(gx_g, device)
+    result["jaccard_bit_identical"] = all(torch.equal(a, b) for a, b in zip(first, second))
+    result["jaccard_nnz"] = int(first[1].numel())
+    if cpu_compare:
+        start = time.time()
+        cpu = run_cluster_stage(x_g, x_p, backend="fast", **STAGE_ARGS)
+        result["cpu_backend"], result["cpu_total_s"] = cpu.backend, time.time() - start
+        result["labels_equal_cpu"] = bool(torch.equal(cpu.labels, labels))
+        result["labels_differing"] = int((cpu.labels != labels).sum())
+        result["ari_vs_cpu"] = adjusted_rand_index(cpu.labels.numpy(), labels.numpy())
+        result["scores_equal_cpu"] = bool(torch.equal(cpu.scores, scores))
+        result["scores_max_diff"] = float((cpu.scores - scores).abs().max()) if n else 0.0
+    return result
+
+
+# --------------------------------------------------------------------- workers (subprocesses)
+def worker(kind: str, args) -> None:
+    """A step that runs in its own process: under compute-sanitizer, or with a timeout."""
+    import torch
+    device = torch.device(args.device)
+    if kind == "pieces":
+        print(RESULT_MARK + json.dumps(piece_probes(device)))
+    elif kind == "sanitize-stage":
+        from pplr_fast.cluster.dbscan_propagation import dbscan_propagation
+        x_g, x_p = make_features(400, 64)
+        out = stage_function()(x_g.to(device), x_p.to(device), backend="fast", **STAGE_ARGS)
+        crow = torch.tensor([0, 2, 4, 5], device=device)
+        dbscan_propagation(crow, torch.tensor([0, 1, 0, 1, 2], device=device), 2)
+        synchronize(device)
+        print(RESULT_MARK + json.dumps({"clusters": out.num_clusters, "backend": out.backend}))
+    elif kind == "sanitize-loss":
+        from pplr_fast.kernels.pplr_classification_loss import pplr_classification_loss_fused
+        generator = torch.Generator().manual_seed(0)
+        logits_g = (torch.randn(16, 500, generator=generator) * 3).to(device).requires_grad_()
+        logits_p = (torch.randn(16, 500, 3, generator=generator) * 3).to(device).requires_grad_()
+        targets = torch.randint(0, 500, (16,), generator=generator).to(device)
+        scores = torch.rand(16, 3, generator=generator).to(device)
+        for use_aals in (True, False):
+            loss_g, loss_p = pplr_classification_loss_fused(logits_g, logits_p, targets, scores,
+                                                            use_aals=use_aals)
+            (loss_g + loss_p).backward()
+        synchronize(device)
+        print(RESULT_MARK + json.dumps({"loss": float(loss_g)}))
+    elif kind == "stage":
+        result = stage_benchmark(device, args.n, args.dim, args.repeat, cpu_compare=True)
+        print(RESULT_MARK + json.dumps(result))
+    elif kind == "scaling":
+        run_cluster_stage = stage_function()
+        warm_g, warm_p = make_features(2000, args.scaling_dim)
+        run_cluster_stage(warm_g.to(device), warm_p.to(device), backend="fast", **STAGE_ARGS)
+        x_g, x_p = make_features(args.scaling_n, args.scaling_dim)
+        gx_g, gx_p = x_g.to(device), x_p.to(device)
+        del x_g, x_p
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        out = run_cluster_stage(gx_g, gx_p, backend="fast", **STAGE_ARGS)
+        peak = (torch.cuda.max_memory_allocated(device) - base) if device.type == "cuda" else None
+        print(RESULT_MARK + json.dumps({"n": args.scaling_n, "dim": args.scaling_dim,
+                                        "timings": out.timings, "backend": out.backend,
+                                        "clusters": out.num_clusters, "peak_bytes": peak}))
+    else:
+        raise SystemExit(f"unknown worker {kind!r}")
+
+
+def worker_command(kind: str, args, **extra) -> list[str]:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--device", args.device]
+    for key, value in extra.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    return command
+
+
+# --------------------------------------------------------------------- the report
+class Report:
+    """Prints each step as it runs and keeps everything for the .md/.json files."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.data: dict = {}
+
+    def begin(self, number: int, title: str, budget: float | None) -> dict:
+        step = {"number": number, "title": title, "budget_s": budget, "lines": [],
+                "start": time.time(), "status": "ran"}
+        budget_text = f" (budget {budget:.0f} s)" if budget is not None else ""
+        print(f"\n== {number}. {title}{budget_text} ==", flush=True)
+        self.steps.append(step)
+        return step
+
+    def line(self, step: dict, text: str) -> None:
+        step["lines"].append(text)
+        print(f"   {text}", flush=True)
+
+    def skip(self, step: dict, why: str) -> None:
+        step["status"] = "skipped"
+        self.line(step, f"skipped: {why}")
+
+    def end(self, step: dict) -> None:
+        step["seconds"] = time.time() - step.pop("start")
+        print(f"   ({step['seconds']:.1f} s)", flush=True)
+
+    def markdown(self) -> str:
+        lines = ["# GPU check", "", f"Command: `python benchmarks/gpu_check.py` "
+                 f"({self.data.get('total_s', 0):.0f} s in all).", ""]
+        for step in self.steps:
+            lines += [f"## {step['number']}. {step['title']}", "", "```"] + step["lines"] + \
+                     ["```", ""]
+        return "\n".join(lines)
+
+
+def fmt_s(value: float | None) -> str:
+    return "n/a" if value is None else (f"{value:.3f}" if value < 10 else f"{value:.1f}")
+
+
+def plot(path: str, stage: dict | None, scaling: dict | None) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    if stage and "timings" in stage:
+        axes[0].barh(list(STAGES), [stage["timings"][s] for s in STAGES], color="tab:blue")
+        axes[0].set_xlabel("seconds (median of the timed runs)")
+        axes[0].set_title(f"stage times, N={stage['n']:,}, D={stage['dim']}")
+    if scaling and scaling.get("points"):
+        points = scaling["points"]
+        ns = [p["n"] for p in points]
+        axes[1].loglog(ns, [p["timings"]["total"] for p in points], "o-", label="measured")
+        if scaling.get("extrapolated"):
+            ext = scaling["extrapolated"]
+            axes[1].loglog([ns[-1], ext["n"]], [points[-1]["timings"]["total"], ext["total"]],
+                           "s--", label="extrapolated")
+        axes[1].axhline(TARGET_1M_S, color="tab:red", lw=0.8, label=f"{TARGET_1M_S:.0f} s target")
+        axes[1].set_xlabel("N")
+        axes[1].set_ylabel("whole stage (s)")
+        axes[1].set_title(f"scaling, D={points[-1]['dim']}")
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------- main
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.path.join(BENCHMARKS, "results"))
+    parser.add_argument("--budget", type=float, default=450.0,
+                        help="seconds for the whole check (default 450: under 8 minutes)")
+    parser.add_argument("--no-install", action="store_true",
+                        help="never run the offline install, even when pplr_fast is not installed")
+    parser.add_argument("--n", type=int, default=12936, help="stage benchmark N")
+    parser.add_argument("--dim", type=int, default=2048, help="stage benchmark D")
+    parser.add_argument("--repeat", type=int, default=3, help="timed stage runs after the warm-up")
+    parser.add_argument("--scaling", type=int, nargs="+", default=[62500, 250000],
+                        help="scaling probe sizes (the last is extrapolated to 1M)")
+    parser.add_argument("--scaling-dim", type=int, default=256)
+    parser.add_argument("--skip", nargs="*", default=[], choices=sorted(STEP_BUDGETS),
+                        help="steps to leave out")
+    parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--scaling-n", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args.worker, args)
+        return 0
+    start = float(os.environ.get("GPU_CHECK_START", time.time()))
+    import torch
+    simulated = args.device == "cpu"          # a dry run of the whole flow on CPU tensors
+    if not simulated and not torch.cuda.is_available():
+        print(f"gpu_check: no GPU here (torch {torch.__version__}, built for CUDA "
+              f"{torch.version.cuda or 'none'}; torch.cuda.is_available() is False): nothing to "
+              "check. Run this on a machine with an NVIDIA GPU.")
+        return 0
+    install_lines = json.loads(os.environ.get("GPU_CHECK_INSTALL", "[]"))
+    if not args.no_install and not simulated:
+        problem = installed_here()
+        if problem:
+            print(f"gpu_check: {problem}; installing offline first", flush=True)
+            install_lines = [problem] + install_offline(240)
+            for line in install_lines[1:]:
+                print(f"   {line}", flush=True)
+            env = {**os.environ, "GPU_CHECK_START": str(start),
+                   "GPU_CHECK_INSTALL": json.dumps(install_lines)}
+            os.execve(sys.executable, [sys.executable, os.path.abspath(__file__),
+                                       *(argv if argv is not None else sys.argv[1:]),
+                                       "--no-install"], env)
+    device = torch.device(args.device)
+    budget = Budget(args.budget, start)
+    report = Report()
+    data = report.data
+    order = ["environment", "tests", "sanitizer", "stage", "losses", "scaling"]
+
+    def step_budget(name):
+        return budget.for_step(name, len(order) - order.index(name) - 1)
+
+    # 1. environment
+    step = report.begin(1, "environment", step_budget("environment"))
+    for line in install_lines:
+        report.line(step, line)
+    try:
+        info = {} if simulated else versions(device)
+        data["environment"] = info
+        for key, value in info.items():
+            report.line(step, f"{key}: {value}")
+        if info.get("torch_cuda") and isinstance(info.get("cupy_cuda_runtime"), int):
+            cupy_major = info["cupy_cuda_runtime"] // 1000
+            if str(cupy_major) != info["torch_cuda"].split(".")[0]:
+                report.line(step, f"WARNING: CuPy is built for CUDA {cupy_major}, torch for "
+                                  f"{info['torch_cuda']}: install cupy-cuda{info['torch_cuda'].split('.')[0]}x")
+        timeout = max(MIN_STEP_S, step["budget_s"] - (time.time() - step["start"]))
+        code, out, seconds = run_subprocess(worker_command("pieces", args), timeout)
+        pieces = worker_result(out)
+        if pieces is None:
+            why = f"stopped at its budget ({seconds:.0f} s)" if code is None else f"exit {code}"
+            raise RuntimeError(f"the piece probes gave no result ({why}): "
+                               f"{one_line(out.strip()[-1200:], 1200)}")
+        data["pieces"] = pieces
+        width = max(len(p["piece"]) for p in pieces)
+        for piece in pieces:
+            report.line(step, f"{piece['piece']:<{width}}  {piece['status']:<8}  {piece['why']}")
+    except Exception as err:     # noqa: BLE001
+        step["status"] = "failed"
+        report.line(step, f"failed: {one_line(err, 1500)}")
+        data.setdefault("pieces", [])
+    report.end(step)
+
+    # 2. GPU tests
+    step = report.begin(2, "GPU tests (PPLR_TEST_GPU=1)", step_budget("tests"))
+    if "tests" in args.skip or simulated:
+        report.skip(step, "left out (--skip tests)" if "tests" in args.skip else
+                    "simulated run on the CPU")
+    elif step["budget_s"] < MIN_STEP_S:
+        report.skip(step, "the check's overall budget is spent")
+    else:
+        files = gpu_test_files(os.path.join(REPO, "tests"))
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+        report.line(step, "PPLR_TEST_GPU=1 pytest -q " + " ".join(os.path.relpath(f, REPO)
+                                                                 for f in files))
+        code, out, seconds = run_subprocess(command, step["budget_s"], env={"PPLR_TEST_GPU": "1"})
+        summary = pytest_summary(out)
+        data["tests"] = {"files": [os.path.relpath(f, REPO) for f in files], "exit": code,
+                         "seconds": seconds, **summary}
+        if code is None:
+            report.line(step, f"stopped at its budget ({seconds:.0f} s); counts so far unknown")
+            step["status"] = "timeout"
+        report.line(step, f"result: {summary['counts'] or 'no summary line'} (exit {code})")
+        for failure in summary["failures"][:25]:
+            report.line(step, failure[:300])
+        if code not in (0, None) and not summary["counts"]:
+            report.line(step, one_line(out.strip()[-1500:], 1500))
+    report.end(step)
+
+    # 3. compute-sanitizer
+    step = report.begin(3, "compute-sanitizer memcheck", step_budget("sanitizer"))
+    sanitizer = None if simulated else find_sanitizer()
+    if "sanitizer" in args.skip:
+        report.skip(step, "left out (--skip sanitizer)")
+    elif sanitizer is None:
+        report.skip(step, "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"
+                    if not simulated else "simulated run on the CPU")
+    else:
+        data["sanitizer"] = {}
+        for kind, what in (("sanitize-stage", "clustering stage N=400, D=64 (+ label propagation)"),
+                           ("sanitize-loss", "fused loss forward+backward, B=16, C=500")):
+            timeout = min(step["budget_s"] / 2, budget.for_step("sanitizer", 3))
+            if timeout < MIN_STEP_S:
+                report.skip(step, f"{what}: the check's overall budget is spent")
+                continue
+            command = [sanitizer, "--tool", "memcheck", "--leak-check", "no", "--print-limit", "20",
+                       *worker_command(kind, args)]
+            code, out, seconds = run_subprocess(command, timeout,
+                                                env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})
+            errors = sanitizer_summary(out)
+            ran = worker_result(out) is not None
+            data["sanitizer"][kind] = {"errors": errors, "exit": code, "seconds": seconds,
+                                       "completed": ran}
+            if code is None:
+                report.line(step, f"{what}: stopped at its budget ({seconds:.0f} s)")
+            elif errors is None or not ran:
+                report.line(step, f"{what}: the tool or the program failed (exit {code}): "
+                                  f"{one_line(out.strip()[-800:], 800)}")
+            else:
+                report.line(step, f"{what}: {errors} errors ({seconds:.0f} s)")
+                if errors:
+                    for line in [l for l in out.splitlines() if "=========" in l][:20]:
+                        report.line(step, line[:240])
+    report.end(step)
+
+    # 4. the clustering stage at N = 12,936
+    step = report.begin(4, f"clustering stage N={args.n:,}, D={args.dim}, N_p=3",
+                        step_budget("stage"))
+    if "stage" in args.skip:
+        report.skip(step, "left out (--skip stage)")
+    else:
+        command = worker_command("stage", args, n=args.n, dim=args.dim, repeat=args.repeat)
+        code, out, seconds = run_subprocess(command, step["budget_s"])
+        stage = worker_result(out)
+        if stage is None:
+            step["status"] = "failed"
+            why = f"stopped at its budget ({seconds:.0f} s)" if code is None else f"exit {code}"
+            report.line(step, f"no result: {why}: {one_line(out.strip()[-1200:], 1200)}")
+        else:
+            data["stage"] = stage
+            report.line(step, f"backend {stage['backend']}; features {stage['features_s']:.1f} s; "
+                              f"warm-up (compiles) {stage['warmup_s']:.2f} s")
+            for name in (*STAGES, "total"):
+                report.line(step, f"{name:<16} {fmt_s(stage['timings'][name]):>8} s")
+            report.line(step, "timed runs (total): " + ", ".join(fmt_s(t) for t in
+                                                                 stage["total_runs_s"]))
+            if "peak_gpu_mib" in stage:
+                report.line(step, f"peak GPU memory beyond the features: "
+                                  f"{stage['peak_gpu_mib']:.0f} MiB")
+            report.line(step, f"{stage['clusters']} clusters, {stage['outliers']} outliers; "
+                              f"runs bit-identical: {stage['runs_bit_identical']}; Jaccard "
+                              f"values bit-identical over two runs: {stage['jaccard_bit_identical']}"
+                              f" ({stage['jaccard_nnz']:,} stored pairs)")
+            report.line(step, f"vs the CPU fast path ({stage['cpu_backend']}, "
+                              f"{stage['cpu_total_s']:.1f} s): labels identical "
+                              f"{stage['labels_equal_cpu']} ({stage['labels_differing']} differ, "
+                              f"ARI {stage['ari_vs_cpu']:.6f}); scores identical "
+                              f"{stage['scores_equal_cpu']} (max diff {stage['scores_max_diff']:.2e})")
+    report.end(step)
+
+    # 5. fused-loss benchmark
+    step = report.begin(5, "fused-loss benchmark (benchmarks/losses.py --device cuda)",
+                        step_budget("losses"))
+    if "losses" in args.skip or simulated:
+        report.skip(step, "left out (--skip losses)" if "losses" in args.skip else
+                    "simulated run on the CPU")
+    elif step["budget_s"] < MIN_STEP_S:
+        report.skip(step, "the check's overall budget is spent")
+    else:
+        command = [sys.executable, os.path.join(BENCHMARKS, "losses.py"), "--device", "cuda",
+                   "--c", "500", "20000", "--repeat", "30", "--out", args.out]
+        code, out, seconds = run_subprocess(command, step["budget_s"])
+        data["losses"] = {"exit": code, "seconds": seconds}
+        if code == 0:
+            for line in out.strip().splitlines():
+                if line.startswith("|") or line.startswith("wrote"):
+                    report.line(step, line)
+        else:
+            step["status"] = "failed"
+            report.line(step, f"{'stopped at its budget' if code is None else f'exit {code}'} "
+                              f"({seconds:.0f} s): {one_line(out.strip()[-800:], 800)}")
+    report.end(step)
+
+    # 6. scaling probe
+    step = report.begin(6, f"scaling probe D={args.scaling_dim}: N = "
+                        + ", ".join(f"{n:,}" for n in args.scaling), step_budget("scaling"))
+    scaling = {"points": []}
+    data["scaling"] = scaling
+    if "scaling" in args.skip:
+        report.skip(step, "left out (--skip scaling)")
+    else:
+        for index, n in enumerate(args.scaling):
+            remaining = step["budget_s"] - (time.time() - step["start"])
+            if index < len(args.scaling) - 1:     # the smaller sizes get a share
+                remaining = min(remaining, step["budget_s"] * 0.3)
+            if remaining < MIN_STEP_S:
+                report.line(step, f"N={n:,}: skipped: the step's budget is spent")
+                continue
+            command = worker_command("scaling", args, scaling_n=n, scaling_dim=args.scaling_dim)
+            code, out, seconds = run_subprocess(command, remaining)
+            point = worker_result(out)
+            if point is None:
+                why = "stopped at its budget" if code is None else f"exit {code}"
+                report.line(step, f"N={n:,}: no result ({why}, {seconds:.0f} s; the stage takes "
+                                  f"longer than that): {one_line(out.strip()[-400:], 400)}")
+                scaling.setdefault("failed", []).append({"n": n, "seconds": seconds,
+                                                         "timeout": code is None})
+                continue
+            scaling["points"].append(point)
+            peak = f", peak GPU {point['peak_bytes'] / 2 ** 30:.2f} GiB" if point["peak_bytes"] \
+                else ""
+            report.line(step, f"N={n:,}: whole stage {fmt_s(point['timings']['total'])} s ("
+                        + ", ".join(f"{s} {fmt_s(point['timings'].get(s))}" for s in STAGES)
+                        + f"){peak}")
+        points = scaling["points"]
+        if points and points[-1]["n"] == args.scaling[-1]:
+            small = points[0] if len(points) > 1 else None
+            ext = extrapolate(small, points[-1], small["n"] if small else None, points[-1]["n"],
+                              1_000_000)
+            scaling["extrapolated"] = ext
+            how = "each stage's exponent measured between the two sizes" if small else \
+                "assumed exponents (kNN 2, others 1): one size measured"
+            report.line(step, f"extrapolated to N=1,000,000: {fmt_s(ext['total'])} s ({how}: "
+                        + ", ".join(f"{s} x^{e:.2f}" for s, e in ext["exponents"].items()) + ")")
+            if small and small.get("peak_bytes") and points[-1].get("peak_bytes"):
+                scaling["memory_exponent"] = math.log(points[-1]["peak_bytes"] /
+                                                      small["peak_bytes"]) / \
+                    math.log(points[-1]["n"] / small["n"])
+                report.line(step, f"peak GPU memory grows as N^{scaling['memory_exponent']:.2f} "
+                                  "(O(N·k) is N^1)")
+    report.end(step)
+
+    # 7. targets
+    step = report.begin(7, "targets", None)
+    stage = data.get("stage", {})
+    pieces = data.get("pieces", [])
+    tests = data.get("tests")
+    san = data.get("sanitizer")
+    ext = scaling.get("extrapolated")
+    scaling_timeout = [f for f in scaling.get("failed", []) if f["n"] == args.scaling[-1]]
+    targets = [
+        ("every fast piece runs natively on the GPU (no fallback)",
+         "not measured" if not pieces else
+         ("met" if all(p["status"] == "native" for p in pieces) else
+          "missed: " + ", ".join(f"{p['piece']} {p['status']}" for p in pieces
+                                 if p["status"] != "native"))),
+        ("GPU tests pass",
+         "not measured" if not tests or not tests["counts"] else
+         ("met" if tests["exit"] == 0 else f"missed: {tests['counts']}")),
+        ("compute-sanitizer memcheck clean",
+         "not measured" if not san or any(v["errors"] is None for v in san.values()) else
+         ("met" if all(v["errors"] == 0 for v in san.values()) else "missed")),
+        (f"N={args.n:,}, D={args.dim}: whole stage under {TARGET_SMALL_S} s",
+         verdict(stage.get("timings", {}).get("total"), TARGET_SMALL_S)
+         + (f" ({fmt_s(stage['timings']['total'])} s)" if stage.get("timings") else "")),
+        ("same pseudo-labels as the CPU fast path",
+         "not measured" if "labels_equal_cpu" not in stage else
+         ("met" if stage["labels_equal_cpu"] else
+          f"missed ({stage['labels_differing']} labels differ, ARI {stage['ari_vs_cpu']:.6f})")),
+        ("two GPU runs bit for bit (labels, scores, Jaccard values)",
+         "not measured" if "runs_bit_identical" not in stage else
+         ("met" if stage["runs_bit_identical"] and stage["jaccard_bit_identical"] else "missed")),
+        ("N=1,000,000, D=256: whole stage under 30 s (extrapolated)",
+         (verdict(ext["total"], TARGET_1M_S) + f" ({fmt_s(ext['total'])} s)") if ext else
+         ("missed (N=250,000 alone ran past its budget)" if scaling_timeout and
+          scaling_timeout[0]["timeout"] else "not measured")),
+        ("O(N·k) GPU memory (growth exponent <= 1.3 between the probe sizes)",
+         "not measured" if "memory_exponent" not in scaling else
+         ("met" if scaling["memory_exponent"] <= 1.3 else "missed")
+         + f" (N^{scaling.get('memory_exponent', 0):.2f})"),
+    ]
+    data["total_s"] = budget.elapsed()
+    targets.append((f"this check under 8 minutes", verdict(data["total_s"], 480.0)
+                    + f" ({data['total_s']:.0f} s)"))
+    data["targets"] = [{"target": t, "verdict": v} for t, v in targets]
+    for target, result in targets:
+        word = "not measured" if result.startswith("not measured") else \
+            result.split()[0].rstrip(":")
+        detail = result[len(word):].lstrip(": ")
+        if detail:
+            detail = f" {detail}" if detail.startswith("(") else f": {detail}"
+        report.line(step, f"{word:<13} {target}{detail}")
+    report.end(step)
+
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "gpu_check_cpu-simulated" if simulated else "gpu_check_cuda")
+    data["steps"] = [{k: v for k, v in s.items()} for s in report.steps]
+    with open(stem + ".json", "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+    with open(stem + ".md", "w") as handle:
+        handle.write(report.markdown())
+    drawn = plot(stem + ".png", data.get("stage"), scaling)
+    print(f"\nwrote {stem}.md, {stem}.json" + (f", {stem}.png" if drawn else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
