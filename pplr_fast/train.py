@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .cluster.backend import BACKENDS
+from .backend import BACKENDS, DEFAULT_BACKEND
 from .data import (DATASET_NAMES, DATASET_PRESETS, DatasetError, ImageReadError,
                    canonical_dataset_name, create_dataset)
 from .models import RESNETS, PretrainedWeightsError
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cam", action="store_true", help="PPLR-CAM: add the inter-camera proxy loss")
     c.add_argument("--lam-cam", type=float, help="weight of the camera loss (preset)")
     r = p.add_argument_group("run")
-    r.add_argument("--backend", choices=BACKENDS, default="fast",
+    r.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                    help="clustering kernels and losses: fast (default; falls back to reference "
                         "where its kernels are unavailable, saying so) or reference (plain PyTorch)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
