@@ -25,14 +25,15 @@ def check_features(x: torch.Tensor, name: str = "features") -> None:
         raise ClusterInputError(f"{name} is empty: the clustering stage needs at least one image")
     if not x.dtype.is_floating_point:
         raise ClusterInputError(f"{name} must be floating point, got {x.dtype}")
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten()
-        raise ClusterInputError(
-            f"{name} has NaN or Inf values in {bad.numel()} row(s) (first: row {int(bad[0])}); "
-            "the model produced non-finite features — lower the learning rate or check the "
-            "input images")
-    norms = x.float().norm(dim=1)
+    norms = x.float().norm(dim=1)      # one pass: a non-finite value gives a non-finite norm
+    if not bool(torch.isfinite(norms).all()):
+        finite = torch.isfinite(x).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            raise ClusterInputError(
+                f"{name} has NaN or Inf values in {bad.numel()} row(s) (first: row "
+                f"{int(bad[0])}); the model produced non-finite features — lower the learning "
+                "rate or check the input images")
     off = (norms - 1).abs()
     if bool((off > 1e-3).any()):
         i = int(off.argmax())
@@ -70,6 +71,18 @@ def check_jaccard_args(k1: int, k2: int, max_distance: float | None) -> None:
         raise ClusterInputError(f"max_distance must lie in [0, 1], got {max_distance}")
 
 
+def index_range(rank: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of an index tensor.
+
+    CPU tensors go through numpy, single-threaded: a torch parallel region
+    just before the OpenMP kernels of ``pplr_fast._*`` (a second OpenMP
+    runtime) leaves torch's threads spinning against them, which costs more
+    than the check itself.
+    """
+    values = rank.numpy() if rank.device.type == "cpu" else rank
+    return int(values.min()), int(values.max())
+
+
 def check_neighbour_lists(rank: torch.Tensor, n: int, columns: int, device: torch.device,
                           name: str = "rank") -> None:
     """``rank`` is an (n, >= columns) integer tensor of indices in [0, n) on ``device``,
@@ -85,7 +98,8 @@ def check_neighbour_lists(rank: torch.Tensor, n: int, columns: int, device: torc
                                 f"{columns}; compute nearest_neighbours with k >= {columns}")
     if rank.device != device:
         raise ClusterInputError(f"{name} is on {rank.device} but the features are on {device}")
-    if rank.numel() and not bool(((rank >= 0) & (rank < n)).all()):
+    lowest, highest = index_range(rank) if rank.numel() else (0, 0)
+    if lowest < 0 or highest >= n:
         raise ClusterInputError(f"{name} holds indices outside [0, {n}): it does not belong to "
                                 "these features")
 

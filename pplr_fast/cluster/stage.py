@@ -96,7 +96,7 @@ def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: i
     with clock("knn_global"):
         _, rank = nearest_neighbours(x_g, max(k1, k + 1), chosen)
     with clock("knn_parts"):
-        ranks_p = [nearest_neighbours(x_p[:, :, p], k + 1, chosen)[1]
+        ranks_p = [nearest_neighbours(x_p[:, :, p].contiguous(), k + 1, chosen)[1]
                    for p in range(x_p.shape[2])]
     # times "encoding" and "jaccard" (the GPU path does both in one pass: "jaccard")
     distance = jaccard_from_neighbours(x_g, rank, k1, k2, eps, chosen, timer=clock)
