@@ -69,10 +69,12 @@ FEATURES = {
     "single": FeatureCase(lambda: normalize(torch.ones(1, 4)), lambda: normalize(torch.ones(1, 4))),
 }
 
-# (features, k1, k2): k2 == 1 (no query expansion), k2 == k1, N < k1, N == 1
+# (features, k1, k2): k2 == 1 (no query expansion), k2 == k1, N < k1, N == 1, and
+# k1 = 9 and 5, where round(k1 / 2) rounds half to even (4 and 2, not 5 and 3)
 JACCARD_CASES = [("clustered", 30, 6), ("duplicates", 20, 6), ("lattice-ties", 10, 3),
                  ("isotropic", 15, 2), ("tiny", 30, 6), ("clustered", 11, 1),
-                 ("duplicates", 7, 7), ("single", 30, 6)]
+                 ("duplicates", 7, 7), ("single", 30, 6), ("duplicates", 9, 6),
+                 ("lattice-ties", 5, 2)]
 
 # features whose part spaces are noisy copies (duplicates stay exact copies in every part)
 CROSS_AGREEMENT_FEATURES = ["clustered", "duplicates", "lattice-ties", "tiny", "single"]

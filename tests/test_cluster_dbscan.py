@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from cluster_cases import (border_case, dbscan_case, no_fallback, path_graph,  # noqa: F401
-                           random_distance_matrix)
+from cluster_cases import (FEATURES, border_case, dbscan_case, no_fallback,  # noqa: F401
+                           path_graph, random_distance_matrix, set_knn_mode)
 from cluster_oracles import brute_dbscan
-from pplr_fast.cluster import SparseDistance, common, dbscan, fast_cuda
+from pplr_fast.cluster import SparseDistance, common, dbscan, fast_cuda, jaccard_distance
 
 REPO = Path(__file__).resolve().parents[1]
 DBSCAN_CU = REPO / "csrc" / "cuda" / "dbscan_cuda.cu"
@@ -164,3 +164,44 @@ def test_dbscan_cuda_on_a_gpu_equals_reference(seed):
     expected = dbscan(d, eps, min_samples, backend="reference")
     labels = dbscan(SparseDistance.from_dense(d).to("cuda"), eps, min_samples, backend="fast")
     assert labels.device.type == "cuda" and torch.equal(labels.cpu(), expected)
+
+
+# ---------------------------------------------------------------- kNN -> Jaccard -> DBSCAN
+def eps_away_from_every_distance(dist: torch.Tensor, wanted: float) -> float:
+    """An eps near ``wanted`` with no distance within 1e-4 of it."""
+    values = torch.unique(dist.flatten())
+    eps = wanted
+    while bool(((values - eps).abs() < 1e-4).any()):
+        eps += 3.7e-4
+    return eps
+
+
+END_TO_END = [("fast-cpu", name, mode) for name in ("clustered", "duplicates", "lattice-ties")
+              for mode in ("bf16-filter", "fp32-filter", "overflow")] + \
+             [("gpu-path", "clustered", "filter")]
+
+
+@pytest.mark.parametrize("path,name,knn_mode", END_TO_END)
+def test_pseudo_labels_identical_end_to_end(path, name, knn_mode, monkeypatch, device, request):
+    """Features -> kNN -> sparse Jaccard (pruned at eps) -> DBSCAN, every piece of one
+    fast path, gives the reference's labels (the GPU path: Triton kernels, then the
+    CUDA C DBSCAN on the host emulation)."""
+    from cluster_cases import IMPLEMENTATIONS
+    impl = next(i for i in IMPLEMENTATIONS if i.name == path)
+    set_knn_mode(monkeypatch, impl, knn_mode)
+    case = FEATURES[name]
+    x = (case.small if impl.interpreted else case.full)()
+    ref = jaccard_distance(x, 20, 6, backend="reference")
+    eps = eps_away_from_every_distance(ref, 0.6)
+    expected = dbscan(ref, eps, 4, backend="reference")
+    if path == "fast-cpu":
+        fast = jaccard_distance(x, 20, 6, backend="fast", max_distance=eps)
+        assert torch.equal(dbscan(fast, eps, 4, backend="fast"), expected)
+        return
+    _, rank = fast_cuda.nearest_neighbours(x.to(device), 20)
+    dist = fast_cuda.jaccard_from_neighbours(x.to(device), rank, 20, 6, eps).to("cpu")
+    crow, col = common.neighbour_lists(dist, eps)
+    library = request.getfixturevalue("emulation")
+    labels = fast_cuda.dbscan_labels(EmulatedLauncher(library, 0), crow.contiguous(),
+                                     col.contiguous(), 4)
+    assert torch.equal(labels, expected)
