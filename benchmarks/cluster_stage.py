@@ -69,11 +69,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from features import IdentityFeatureConfig, identity_features  # noqa: E402
 from machine import GIB, busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
 
+from pplr_fast.backend import BACKENDS  # noqa: E402
 from pplr_fast.cluster import checks  # noqa: E402
 from pplr_fast.cluster.stage import STAGES, run_cluster_stage  # noqa: E402
 
 MIB = 1024 ** 2
-BACKENDS = ("reference", "fast")
 EXTRAS = ("sklearn", "faiss")
 ROW_NAMES = {"reference": "reference", "fast": "fast", "sklearn": "sklearn DBSCAN",
              "faiss": "faiss kNN"}
@@ -264,8 +264,8 @@ def sklearn_runner(args: argparse.Namespace, inputs: Inputs):
     """``run()`` timing sklearn's DBSCAN on the reference's dense Jaccard matrix."""
     from sklearn.cluster import DBSCAN
 
-    from pplr_fast.cluster.jaccard import jaccard_distance_reference
-    matrix = jaccard_distance_reference(inputs.x_g, args.k1, args.k2).cpu().numpy()
+    from pplr_fast.cluster import jaccard_distance
+    matrix = jaccard_distance(inputs.x_g, args.k1, args.k2, backend="reference").cpu().numpy()
     dbscan = DBSCAN(eps=args.eps, min_samples=args.min_samples, metric="precomputed")
 
     def run():
@@ -305,12 +305,12 @@ def faiss_runner(args: argparse.Namespace, inputs: Inputs):
 def knn_rows_matching(found: list[np.ndarray], inputs: Inputs, args: argparse.Namespace
                       ) -> float:
     """Fraction of rows whose neighbour set equals pplr_fast's exact kNN (all spaces)."""
-    from pplr_fast.cluster.fast_knn import nearest_neighbours_fast
+    from pplr_fast.cluster import nearest_neighbours
     x_g, x_p = inputs.x_g, inputs.x_p
     spaces = [x_g] + [x_p[:, :, p].contiguous() for p in range(x_p.shape[2])]
     matching = total = 0
     for x, theirs in zip(spaces, found):
-        exact = nearest_neighbours_fast(x, theirs.shape[1])[1].cpu().numpy()
+        exact = nearest_neighbours(x, theirs.shape[1], backend="fast")[1].cpu().numpy()
         matching += int((np.sort(exact, axis=1) == np.sort(theirs, axis=1)).all(axis=1).sum())
         total += exact.shape[0]
     return matching / total

@@ -62,7 +62,7 @@ def make_inputs(batch: int, num_classes: int, num_parts: int,
 def loss_function(variant: str, use_aals: bool) -> Callable:
     """(logits_g, logits_p, targets, scores) -> (loss_global, loss_parts)."""
     if variant == "fused":
-        from pplr_fast.kernels.pplr_classification_loss import pplr_classification_loss_fused
+        from pplr_fast.losses import pplr_classification_loss_fused
         return lambda g, p, y, s: pplr_classification_loss_fused(g, p, y, s, use_aals=use_aals)
     if variant == "eager":
         twin = classification_loss_twin

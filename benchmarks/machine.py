@@ -49,7 +49,7 @@ def load_average() -> str:
 
 def describe_machine(device: str) -> dict:
     """Everything a reader needs to judge a timing taken on this machine."""
-    from pplr_fast.cluster.fast_knn import cpu_has_native_bf16
+    from pplr_fast.cluster.fast_cpu import cpu_has_native_bf16
     usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     info = {
         "cpu": _cpu_model(),

@@ -40,10 +40,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
 
+from pplr_fast.backend import BACKENDS  # noqa: E402
 from pplr_fast.losses import pplr_classification_loss, soft_triplet_loss  # noqa: E402
 from pplr_fast.models import RESNETS, PPLRNet  # noqa: E402
 
-BACKENDS = ("reference", "fast")
 # SPEC §7: supplementary material of the paper, Market-1501, 4 TITAN RTX.
 PAPER_PPLR = {"name": "PPLR, paper (4x TITAN RTX, Market-1501, ResNet-50, 384x128, batch 64)",
               "parameters_m": 29.668, "cluster_s_per_epoch": 38.484, "train_s_per_iter": 0.202}

@@ -1,5 +1,5 @@
 // Entry of the kNN op: pybind11 bindings in front of csrc/cpu/knn_cpu.cpp.
-// The GPU path of this op is plain cuBLAS + torch.topk (pplr_fast/cluster/fast_knn.py).
+// The GPU path of this op is plain cuBLAS + torch.topk (pplr_fast/cluster/fast_cuda.py).
 #include "cpu/common.h"
 #include "cpu/knn_cpu.h"
 

@@ -40,8 +40,8 @@ def _cross_agreement_kernel(neigh_g_ptr, neigh_p_ptr, out_ptr, n, n_parts, kg, k
     tl.store(out_ptr + i * n_parts + part, score)
 
 
-def cross_agreement_from_neighbours(neigh_g: torch.Tensor, neigh_p: torch.Tensor, k: int
-                                    ) -> torch.Tensor:
+def cross_agreement_from_neighbours_cuda(neigh_g: torch.Tensor, neigh_p: torch.Tensor, k: int
+                                         ) -> torch.Tensor:
     """(N, N_p) fp32 scores from kNN lists sorted by (d, index), self included.
 
     Args:

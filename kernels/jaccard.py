@@ -18,6 +18,8 @@ From the kNN lists ``rank`` (N, K), K = min(k1, N), sorted by ``(d, index)``:
    mirrored into the symmetric CSR.
 
 Memory is O(N k) apart from the bounded accumulator and expansion buffers.
+Takes and returns plain tensors (CSR arrays); ``pplr_fast.cluster.fast_cuda``
+wraps the result in a ``SparseDistance``.
 """
 from __future__ import annotations
 
@@ -25,8 +27,6 @@ import torch
 import triton
 import triton.language as tl
 
-from pplr_fast.cluster.checks import available_memory
-from pplr_fast.cluster.sparse_distance import SparseDistance
 from pplr_fast.kernels import LAUNCH
 from pplr_fast.kernels.pair_distance import pair_sq_distance
 
@@ -133,7 +133,7 @@ def csr_from_sorted_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
     return crow
 
 
-def reciprocal_mask(rank: torch.Tensor, length: int) -> torch.Tensor:
+def reciprocal_mask_cuda(rank: torch.Tensor, length: int) -> torch.Tensor:
     """(N, length) int8: entry t of F(i, .) = rank[i, :length] is in R(i, .)."""
     n, k = rank.shape
     mask = torch.empty(n, length, dtype=torch.int8, device=rank.device)
@@ -146,7 +146,7 @@ def expanded_sets(rank: torch.Tensor, k1: int) -> tuple[torch.Tensor, torch.Tens
     """E(i) of every row as CSR ``(crow, col)``, columns ascending."""
     n, k = rank.shape
     l1, lh = min(k1, k), min(round(k1 / 2) + 1, k)
-    mask1, maskh = reciprocal_mask(rank, l1), reciprocal_mask(rank, lh)
+    mask1, maskh = reciprocal_mask_cuda(rank, l1), reciprocal_mask_cuda(rank, lh)
     width = l1 + l1 * lh
     step = max(1, min(n, EXPANSION_BYTES // (16 * width)))
     rows, cols = [], []
@@ -167,8 +167,8 @@ def expanded_sets(rank: torch.Tensor, k1: int) -> tuple[torch.Tensor, torch.Tens
     return csr_from_sorted_rows(rows, n), torch.cat(cols)
 
 
-def encode(x: torch.Tensor, rank: torch.Tensor, k1: int
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_cuda(x: torch.Tensor, rank: torch.Tensor, k1: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """V as CSR ``(crow, col, val)``: softmax of -d over E(i)."""
     n = x.shape[0]
     crow, col = expanded_sets(rank, k1)
@@ -182,8 +182,9 @@ def encode(x: torch.Tensor, rank: torch.Tensor, k1: int
     return crow, col, val.float()      # softmax in fp64, V stored in fp32 (as on the CPU)
 
 
-def query_expand(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, rank: torch.Tensor,
-                 k2: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def query_expand_cuda(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
+                      rank: torch.Tensor, k2: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """V'[i] = mean of V[rank[i, t]], t < min(k2, K), as CSR with ascending columns."""
     n = rank.shape[0]
     if k2 == 1:
@@ -209,14 +210,20 @@ def query_expand(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, rank:
 
 
 def sparse_jaccard(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n: int,
-                   max_distance: float | None) -> SparseDistance:
-    """Jaccard distances of every pair sharing a support column of V' (CSR), as a SparseDistance."""
+                   max_distance: float | None, available_bytes: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Jaccard distances of every pair sharing a support column of V' (CSR).
+
+    Returns the symmetric CSR ``(crow, col, val)`` (int64, int64, fp32), columns
+    ascending per row, diagonal included; ``available_bytes`` is the device
+    memory the accumulator may take a quarter of (at most ACCUMULATOR_BYTES).
+    """
     device = col.device
     rows = torch.repeat_interleave(torch.arange(n, device=device), crow[1:] - crow[:-1])
     by_col = torch.sort(col, stable=True).indices                # rows ascend within a column
     post_row, post_val = rows[by_col].contiguous(), val[by_col].contiguous()
     cptr = csr_from_sorted_rows(col[by_col], n)
-    budget = min(ACCUMULATOR_BYTES, available_memory(device) // 4)
+    budget = min(ACCUMULATOR_BYTES, available_bytes // 4)
     step = max(1, min(n, budget // (4 * n)))
     acc = torch.empty(step, n, dtype=torch.float32, device=device)
     upper_i, upper_j, upper_d = [], [], []
@@ -247,14 +254,18 @@ def sparse_jaccard(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n: 
     cols = torch.cat([j, i[off]])
     order = torch.sort(rows * n + cols).indices
     rows, cols = rows[order], cols[order]
-    return SparseDistance(n, csr_from_sorted_rows(rows, n), cols, torch.cat([d, d[off]])[order],
-                          cutoff=max_distance)
+    return csr_from_sorted_rows(rows, n), cols, torch.cat([d, d[off]])[order]
 
 
 def jaccard_from_neighbours_cuda(x: torch.Tensor, rank: torch.Tensor, k1: int, k2: int,
-                                 max_distance: float | None) -> SparseDistance:
-    """Sparse Jaccard distance from the kNN lists ``rank`` (N, min(k1, N)), sorted by (d, index)."""
+                                 max_distance: float | None, available_bytes: int
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sparse Jaccard distance from the kNN lists ``rank`` (N, min(k1, N)), sorted by (d, index).
+
+    Returns the symmetric CSR ``(crow, col, val)`` of :func:`sparse_jaccard`.
+    """
     x = x.float().contiguous()
     rank = rank.to(torch.int64).contiguous()
-    crow, col, val = query_expand(*encode(x, rank, k1), rank, k2)
-    return sparse_jaccard(crow, col.contiguous(), val.contiguous(), x.shape[0], max_distance)
+    crow, col, val = query_expand_cuda(*encode_cuda(x, rank, k1), rank, k2)
+    return sparse_jaccard(crow, col.contiguous(), val.contiguous(), x.shape[0], max_distance,
+                          available_bytes)

@@ -5,7 +5,7 @@ both need the distance of a few candidate pairs per row, never the full
 N x N matrix. One program takes BLOCK_P pairs, gathers both fp32 rows in
 BLOCK_D chunks and keeps a (BLOCK_P, BLOCK_D) fp64 partial-sum tile (a product
 of two fp32 numbers is exact in fp64), reduced once at the end — the
-precision every backend ranks neighbours with (see pplr_fast/cluster/knn.py).
+precision every backend ranks neighbours with (see pplr_fast/cluster/common.py).
 
 The block sizes depend on D only, so every call computes a given pair with
 the same arithmetic: equal inputs give bit-equal distances (exact ties of

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cluster.backend import BACKENDS
-
-DEFAULT_BACKEND = "fast"
+from .backend import BACKENDS, DEFAULT_BACKEND
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,17 @@ from pathlib import Path
 
 import torch
 
+from .backend import BACKENDS
 from .config import (DATASET_PRESETS, DEMO_RECIPE, NO_PRETRAINED, RECIPE, ConfigError,
                      TrainConfig, check_config, make_config)
 from .data import (DATASET_NAMES, DatasetError, ImageReadError, canonical_dataset_name,
                    create_dataset)
-from .cluster.backend import BACKENDS
 from .models import RESNETS, PretrainedWeightsError
 from .trainer import PPLRTrainer
 from .utils import distributed
 from .utils.checkpoint import CheckpointError
 from .utils.errors import one_line
 
-_MARKET, _DEMO = DATASET_PRESETS["market1501"], DATASET_PRESETS["synthetic"]
 
 
 def _default(name: str) -> str:

@@ -1,7 +1,8 @@
 """Independent brute-force implementations, written straight from SPEC §2.
 
 Plain Python sets and float64 loops: slow, obvious, and sharing no code with
-``pplr_fast.cluster``. Used by the reference and fast-backend tests.
+``pplr_fast.cluster``. Every implementation of every op is tested against them
+(``cluster_cases.py``); DBSCAN's oracle is scikit-learn's.
 """
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ def ranked_lists(x: np.ndarray, exclude_self: bool = False) -> list[list[int]]:
     n = len(x)
     return [sorted((j for j in range(n) if not (exclude_self and j == i)),
                    key=lambda j: (d[i, j], j)) for i in range(n)]
+
+
+def brute_knn(x: torch.Tensor, k: int) -> tuple[np.ndarray, list[list[int]]]:
+    """The k nearest rows of every row, itself included: (float64 distance matrix, lists)."""
+    X = x.double().numpy()
+    return 2 - 2 * (X @ X.T), [r[:k] for r in ranked_lists(X)]
+
+
+def brute_dbscan(d: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """scikit-learn's DBSCAN on the precomputed distances (float64)."""
+    from sklearn.cluster import DBSCAN
+    return DBSCAN(eps=eps, min_samples=min_samples,
+                  metric="precomputed").fit_predict(d.astype(np.float64))
 
 
 def brute_jaccard(x: torch.Tensor, k1: int, k2: int) -> np.ndarray:
@@ -51,9 +65,10 @@ def brute_jaccard(x: torch.Tensor, k1: int, k2: int) -> np.ndarray:
         V = np.stack([np.mean([V[j] for j in rank[i][:k2]], axis=0) for i in range(n)])
     out = np.ones((n, n))
     for i in range(n):
-        for j in range(n):
-            m = sum(min(V[i, l], V[j, l]) for l in range(n) if V[i, l] > 0 and V[j, l] > 0)
-            out[i, j] = max(0.0, 1 - m / (2 - m))
+        # m(i, j) = Σ_l min(V'[i, l], V'[j, l]); V' >= 0, so columns outside
+        # either support add 0
+        m = np.minimum(V[i][None, :], V).sum(axis=1)
+        out[i] = np.maximum(0.0, 1 - m / (2 - m))
     return out
 
 

@@ -7,7 +7,7 @@
 // preemptive (one OS thread per CUDA thread, exactly one running at a time,
 // and at every atomic the running one hands over to a random unfinished one).
 // The host-side loop around the launches is
-// pplr_fast.cluster.cuda_modules.dbscan_labels, shared with the GPU path: the
+// pplr_fast.cluster.fast_cuda.dbscan_labels, shared with the GPU path: the
 // tests pass it a launcher that calls these functions.
 #include <algorithm>
 #include <condition_variable>

@@ -6,7 +6,8 @@ import torch
 
 from cluster_oracles import clustered_features, normalize
 from pplr_fast.cluster import ClusterInputError, dbscan, jaccard_distance
-from pplr_fast.cluster.stage import STAGES, drop_self, run_cluster_stage
+from pplr_fast.cluster.common import neighbours_without_self
+from pplr_fast.cluster.stage import STAGES, run_cluster_stage
 
 
 def part_features(x_g: torch.Tensor, parts: int, noise: float) -> torch.Tensor:
@@ -42,9 +43,9 @@ def test_stage_all_noise_gives_no_cluster():
     assert res.num_clusters == 0 and res.num_outliers == 40
 
 
-def test_drop_self_handles_duplicates_ahead_of_self():
+def test_neighbours_without_self_handles_duplicates_ahead_of_self():
     rank = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 1, 2]])   # row 2 sorts behind two copies
-    assert drop_self(rank, 2).tolist() == [[1, 2], [0, 2], [0, 1]]
+    assert neighbours_without_self(rank, 2).tolist() == [[1, 2], [0, 2], [0, 1]]
 
 
 def test_stage_rejects_bad_eps():

@@ -11,8 +11,8 @@ float32 -> bfloat16 by truncation where a GPU rounds to nearest.
 import pytest
 import torch
 
-from pplr_fast.kernels.pplr_classification_loss import launch_config, pplr_classification_loss_fused
-from pplr_fast.losses import pplr_classification_loss
+from pplr_fast.kernels.pplr_classification_loss import launch_config
+from pplr_fast.losses import pplr_classification_loss, pplr_classification_loss_fused
 
 UPSTREAM = (0.7, -1.3)        # d total / d loss_global, d total / d loss_parts
 
@@ -40,7 +40,7 @@ def run(fn, logits_g, logits_p, targets, scores, **kwargs):
 
 def reference(logits_g, logits_p, targets, scores, **kwargs):
     return run(pplr_classification_loss, logits_g.float(), logits_p.float(), targets, scores,
-               **kwargs)
+               backend="reference", **kwargs)
 
 
 def assert_close(got, want, rel):
@@ -123,7 +123,8 @@ def test_only_one_loss_used(rng, device):
     loss_g.backward()
     assert torch.equal(p.grad, torch.zeros_like(p))          # q carries no gradient
     ref = logits_g.clone().requires_grad_()
-    pplr_classification_loss(ref, logits_p, targets, scores, use_aals=True)[0].backward()
+    pplr_classification_loss(ref, logits_p, targets, scores, use_aals=True,
+                             backend="reference")[0].backward()
     assert_close(g.grad, ref.grad, 1e-5)
 
 

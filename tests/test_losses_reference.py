@@ -132,7 +132,8 @@ def test_part_dimension_means_over_parts(rng):
 @pytest.mark.parametrize("use_aals", [True, False])
 def test_classification_is_pglr_plus_mean_part_loss(rng, use_aals):
     g, p, y, s = random_inputs(rng, 6, 13, 3)
-    loss_g, loss_p = pplr_classification_loss(g, p, y, s, use_aals=use_aals, epsilon=0.1)
+    loss_g, loss_p = pplr_classification_loss(g, p, y, s, use_aals=use_aals, epsilon=0.1,
+                                              backend="reference")
     assert loss_g.item() == pytest.approx(pglr_formula(g.numpy(), p.numpy(), y.numpy(), s.numpy()),
                                           rel=1e-12)
     parts = [aals_formula(p[..., n].numpy(), y.numpy(), s[:, n].numpy()) if use_aals else
@@ -164,7 +165,7 @@ def test_fast_backend_falls_back_to_eager_when_compilation_fails(rng, monkeypatc
     g, p, y, s = random_inputs(rng, 3, 5, 3)
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         got = pplr_classification_loss(g, p, y, s, use_aals=True, backend="fast")
-    want = pplr_classification_loss(g, p, y, s, use_aals=True)
+    want = pplr_classification_loss(g, p, y, s, use_aals=True, backend="reference")
     assert [t.item() for t in got] == [t.item() for t in want]
     assert classification._compile_failed
 
@@ -195,7 +196,8 @@ def test_large_logits_are_finite_and_exact(rng, use_aals):
     y = torch.tensor(rng.integers(0, num_classes, size=batch))
     s = torch.tensor(rng.random((batch, 3)))
     g32, p32 = g.float().requires_grad_(), p.float().requires_grad_()
-    loss_g, loss_p = pplr_classification_loss(g32, p32, y, s.float(), use_aals=use_aals)
+    loss_g, loss_p = pplr_classification_loss(g32, p32, y, s.float(), use_aals=use_aals,
+                                              backend="reference")
     (loss_g + loss_p).backward()
     assert torch.isfinite(g32.grad).all() and torch.isfinite(p32.grad).all()
     assert loss_g.item() == pytest.approx(pglr_formula(g.numpy(), p.numpy(), y.numpy(), s.numpy()),
@@ -207,9 +209,10 @@ def test_large_logits_are_finite_and_exact(rng, use_aals):
 
 def test_half_precision_is_computed_in_float32(rng):
     g, p, y, s = random_inputs(rng, 4, 10, 3, dtype=torch.float16)
-    loss_g, loss_p = pplr_classification_loss(g, p, y, s, use_aals=True)
+    loss_g, loss_p = pplr_classification_loss(g, p, y, s, use_aals=True, backend="reference")
     assert loss_g.dtype == loss_p.dtype == torch.float32
-    ref_g, ref_p = pplr_classification_loss(g.float(), p.float(), y, s.float(), use_aals=True)
+    ref_g, ref_p = pplr_classification_loss(g.float(), p.float(), y, s.float(), use_aals=True,
+                                           backend="reference")
     assert (loss_g.item(), loss_p.item()) == (ref_g.item(), ref_p.item())
 
 
@@ -220,9 +223,11 @@ def test_classification_gradcheck(rng):
     p = p.detach().requires_grad_()
     for use_aals in (True, False):
         assert torch.autograd.gradcheck(
-            lambda x: pplr_classification_loss(x, p.detach(), y, s, use_aals=use_aals)[0], (g,))
+            lambda x: pplr_classification_loss(x, p.detach(), y, s, use_aals=use_aals,
+                                               backend="reference")[0], (g,))
         assert torch.autograd.gradcheck(
-            lambda x: pplr_classification_loss(g.detach(), x, y, s, use_aals=use_aals)[1], (p,))
+            lambda x: pplr_classification_loss(g.detach(), x, y, s, use_aals=use_aals,
+                                               backend="reference")[1], (p,))
     # q is detached: the global loss sends no gradient to the part logits.
     pglr_loss(g, p, y, s).backward()
     assert p.grad is None
@@ -341,7 +346,8 @@ def test_impossible_inputs_raise(rng):
     with pytest.raises(ValueError, match="targets must lie"):
         aals_loss(p, torch.tensor([0, -1, 2, 3]), s)
     with pytest.raises(ValueError, match="NaN"):
-        pplr_classification_loss(g, p, y, s.masked_fill(s > 0.5, float("nan")), use_aals=True)
+        pplr_classification_loss(g, p, y, s.masked_fill(s > 0.5, float("nan")), use_aals=True,
+                                 backend="reference")
     with pytest.raises(ValueError, match=r"scores must lie in \[0, 1\]"):
         aals_loss(p, y, s + 1)
     with pytest.raises(ValueError, match="does not match"):

@@ -1,6 +1,6 @@
 // DBSCAN on the eps-neighbour graph (CSR, symmetric, self loops included), on a GPU.
 //
-// Compiled at run time by CuPy/NVRTC (pplr_fast/cluster/cuda_modules.py, which
+// Compiled at run time by CuPy/NVRTC (pplr_fast/cluster/fast_cuda.py, which
 // also holds the host-side loop). The kernels use only grid-stride loops and
 // atomics - no shared memory, no barriers - so they are correct under any
 // interleaving of their threads; the tests run them on the host, thread by

@@ -3,13 +3,18 @@
 Every op takes ``backend="reference"`` (plain PyTorch, the oracle) or
 ``backend="fast"`` (compiled CPU kernels / Triton + CUDA on a GPU); both give
 the same pseudo-labels. Torch tensors in, torch tensors out.
-"""
-from .checks import ClusterInputError
-from .cross_agreement import cross_agreement
-from .dbscan import dbscan
-from .jaccard import jaccard_distance
-from .knn import nearest_neighbours
-from .sparse_distance import SparseDistance
 
-__all__ = ["ClusterInputError", "SparseDistance", "cross_agreement", "dbscan",
-           "jaccard_distance", "nearest_neighbours"]
+Files: ``api.py`` the public ops (checks + backend choice), ``reference.py``
+the reference path, ``fast_cpu.py`` the fast CPU path, ``fast_cuda.py`` the
+fast GPU path, ``stage.py`` the whole stage of one epoch; ``common.py``,
+``checks.py`` and ``sparse_distance.py`` are the helpers they share.
+"""
+from .api import (cross_agreement, cross_agreement_from_neighbours, dbscan, jaccard_distance,
+                  jaccard_from_neighbours, nearest_neighbours)
+from .checks import ClusterInputError
+from .sparse_distance import SparseDistance
+from .stage import ClusterStageResult, run_cluster_stage
+
+__all__ = ["ClusterInputError", "ClusterStageResult", "SparseDistance", "cross_agreement",
+           "cross_agreement_from_neighbours", "dbscan", "jaccard_distance",
+           "jaccard_from_neighbours", "nearest_neighbours", "run_cluster_stage"]

@@ -1,4 +1,7 @@
-"""Input validation and memory guards shared by the clustering-stage ops."""
+"""Input validation and memory guards shared by the clustering-stage ops.
+
+A leaf module: it imports nothing else of pplr_fast.
+"""
 from __future__ import annotations
 
 import os
@@ -22,14 +25,15 @@ def check_features(x: torch.Tensor, name: str = "features") -> None:
         raise ClusterInputError(f"{name} is empty: the clustering stage needs at least one image")
     if not x.dtype.is_floating_point:
         raise ClusterInputError(f"{name} must be floating point, got {x.dtype}")
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten()
-        raise ClusterInputError(
-            f"{name} has NaN or Inf values in {bad.numel()} row(s) (first: row {int(bad[0])}); "
-            "the model produced non-finite features — lower the learning rate or check the "
-            "input images")
-    norms = x.float().norm(dim=1)
+    norms = x.float().norm(dim=1)      # one pass: a non-finite value gives a non-finite norm
+    if not bool(torch.isfinite(norms).all()):
+        finite = torch.isfinite(x).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            raise ClusterInputError(
+                f"{name} has NaN or Inf values in {bad.numel()} row(s) (first: row "
+                f"{int(bad[0])}); the model produced non-finite features — lower the learning "
+                "rate or check the input images")
     off = (norms - 1).abs()
     if bool((off > 1e-3).any()):
         i = int(off.argmax())
@@ -41,6 +45,63 @@ def check_features(x: torch.Tensor, name: str = "features") -> None:
 def check_k(name: str, k: int, minimum: int = 1) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or k < minimum:
         raise ClusterInputError(f"{name} must be an integer >= {minimum}, got {k!r}")
+
+
+def check_part_features(x_g: torch.Tensor, x_p: torch.Tensor) -> None:
+    """Global features (N, D) and part features (N, D, N_p), every part L2-normalised."""
+    check_features(x_g, "x_g")
+    if not isinstance(x_p, torch.Tensor) or x_p.dim() != 3:
+        raise ClusterInputError("x_p must be a (N, D, N_p) tensor (part dimension last), got "
+                                f"{tuple(x_p.shape) if isinstance(x_p, torch.Tensor) else type(x_p)}")
+    if x_p.shape[0] != x_g.shape[0]:
+        raise ClusterInputError(f"x_g has {x_g.shape[0]} rows but x_p has {x_p.shape[0]}")
+    if x_p.device != x_g.device:
+        raise ClusterInputError(f"x_g is on {x_g.device} but x_p is on {x_p.device}")
+    for n in range(x_p.shape[2]):
+        check_features(x_p[:, :, n], f"x_p[:, :, {n}]")
+
+
+def check_jaccard_args(k1: int, k2: int, max_distance: float | None) -> None:
+    check_k("k1", k1)
+    check_k("k2", k2)
+    if k2 > k1:
+        raise ClusterInputError(f"k2 ({k2}) must not exceed k1 ({k1}): query expansion "
+                                "averages over the first k2 of the k1 neighbours")
+    if max_distance is not None and not 0 <= max_distance <= 1:
+        raise ClusterInputError(f"max_distance must lie in [0, 1], got {max_distance}")
+
+
+def index_range(rank: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of an index tensor.
+
+    CPU tensors go through numpy, single-threaded: a torch parallel region
+    just before the OpenMP kernels of ``pplr_fast._*`` (a second OpenMP
+    runtime) leaves torch's threads spinning against them, which costs more
+    than the check itself.
+    """
+    values = rank.numpy() if rank.device.type == "cpu" else rank
+    return int(values.min()), int(values.max())
+
+
+def check_neighbour_lists(rank: torch.Tensor, n: int, columns: int, device: torch.device,
+                          name: str = "rank") -> None:
+    """``rank`` is an (n, >= columns) integer tensor of indices in [0, n) on ``device``,
+    as :func:`pplr_fast.cluster.nearest_neighbours` returns it."""
+    if not isinstance(rank, torch.Tensor) or rank.dim() != 2 or rank.shape[0] != n:
+        shape = tuple(rank.shape) if isinstance(rank, torch.Tensor) else type(rank).__name__
+        raise ClusterInputError(f"{name} must be an (N={n}, K) tensor of neighbour indices, got "
+                                f"{shape}; pass the index tensor of nearest_neighbours")
+    if rank.dtype.is_floating_point or rank.dtype == torch.bool or rank.dtype.is_complex:
+        raise ClusterInputError(f"{name} must hold integer indices, got {rank.dtype}")
+    if rank.shape[1] < columns:
+        raise ClusterInputError(f"{name} has {rank.shape[1]} neighbours per row but needs "
+                                f"{columns}; compute nearest_neighbours with k >= {columns}")
+    if rank.device != device:
+        raise ClusterInputError(f"{name} is on {rank.device} but the features are on {device}")
+    lowest, highest = index_range(rank) if rank.numel() else (0, 0)
+    if lowest < 0 or highest >= n:
+        raise ClusterInputError(f"{name} holds indices outside [0, {n}): it does not belong to "
+                                "these features")
 
 
 def available_memory(device: torch.device) -> int:

@@ -7,8 +7,10 @@ stage (``benchmarks/cluster_stage.py``):
 
 ``knn_global``  kNN of X_g (k = max(k1, k + 1))
 ``knn_parts``   kNN in every part space (k + 1)
-``encoding``    reciprocal sets, expansion, V and query expansion V'
-``jaccard``     pairwise Jaccard distances (dense for reference, sparse for fast)
+``encoding``    reciprocal sets, expansion, V and query expansion V' (the reference
+                recomputes its dense distance matrix here)
+``jaccard``     pairwise Jaccard distances (dense for reference, sparse for fast;
+                on a GPU the encoding too, which then reads 0)
 ``dbscan``      DBSCAN on the distances
 ``cross_agreement``  the neighbourhood intersections
 """
@@ -20,13 +22,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backend import resolve_backend
-from .checks import ClusterInputError, check_k, ensure_fits
-from .cross_agreement import agreement, check_part_features
-from .dbscan import dbscan, dbscan_reference
-from .jaccard import (check_jaccard_args, encode, expansion_mask, jaccard_from_encoding,
-                      query_expand)
-from .knn import pairwise_sq_distance, reference_dense_bytes, sorted_neighbours
+from pplr_fast.backend import DEFAULT_BACKEND, resolve_backend
+
+from .api import (cross_agreement_from_neighbours, dbscan, jaccard_from_neighbours,
+                  nearest_neighbours)
+from .checks import (ClusterInputError, check_jaccard_args, check_k, check_part_features,
+                     ensure_fits)
+from .common import reference_dense_bytes
 
 STAGES = ("knn_global", "knn_parts", "encoding", "jaccard", "dbscan", "cross_agreement")
 
@@ -65,18 +67,9 @@ class _Clock:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def drop_self(rank: torch.Tensor, k: int) -> torch.Tensor:
-    """The first min(k, N-1) entries of each kNN row other than the row itself."""
-    n = rank.shape[0]
-    size = min(k, n - 1)
-    others = rank != torch.arange(n, device=rank.device)[:, None]
-    keep = others & (torch.cumsum(others, dim=1) <= size)
-    return rank[keep].view(n, size)
-
-
 def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: int = 30,
                       k2: int = 6, min_samples: int = 4, k: int = 20,
-                      backend: str = "fast") -> ClusterStageResult:
+                      backend: str = DEFAULT_BACKEND) -> ClusterStageResult:
     """Pseudo-labels of X_g and cross-agreement scores of (X_g, X_p) (SPEC §2).
 
     Args:
@@ -93,64 +86,24 @@ def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: i
     if not 0 < eps < 1:
         raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
     chosen = resolve_backend(backend, x_g.device, "cluster stage")
+    n = x_g.shape[0]
+    if chosen == "reference":
+        ensure_fits(reference_dense_bytes(n, matrices=5), x_g.device,
+                    f"the reference clustering stage of N={n} (five dense N x N matrices)",
+                    "use --backend fast (sparse, O(N·k) memory)")
     clock = _Clock(x_g.device)
     start = time.perf_counter()
-    if chosen == "reference":
-        labels, scores = _reference_stage(x_g, x_p, eps, k1, k2, min_samples, k, clock)
-    else:
-        labels, scores = _fast_stage(x_g, x_p, eps, k1, k2, min_samples, k, clock)
-    clock.timings["total"] = time.perf_counter() - start
-    return ClusterStageResult(labels, scores, clock.timings, chosen)
-
-
-def _reference_stage(x_g, x_p, eps, k1, k2, min_samples, k, clock):
-    n = x_g.shape[0]
-    ensure_fits(reference_dense_bytes(n, matrices=5), x_g.device,
-                f"the reference clustering stage of N={n} (five dense N x N matrices)",
-                "use --backend fast (sparse, O(N·k) memory)")
     with clock("knn_global"):
-        dist = pairwise_sq_distance(x_g, x_g)
-        _, rank = sorted_neighbours(dist, max(k1, k + 1))
+        _, rank = nearest_neighbours(x_g, max(k1, k + 1), chosen)
     with clock("knn_parts"):
-        rank_p = [sorted_neighbours(pairwise_sq_distance(x_p[:, :, p], x_p[:, :, p]), k + 1)[1]
-                  for p in range(x_p.shape[2])]
-    with clock("encoding"):
-        rank_k1 = rank[:, :min(k1, n)]
-        vq = query_expand(encode(dist, expansion_mask(rank_k1, k1)), rank_k1, k2)
-        del dist
-    with clock("jaccard"):
-        jaccard = jaccard_from_encoding(vq)
-        del vq
+        ranks_p = [nearest_neighbours(x_p[:, :, p].contiguous(), k + 1, chosen)[1]
+                   for p in range(x_p.shape[2])]
+    # times "encoding" and "jaccard" (the GPU path does both in one pass: "jaccard")
+    distance = jaccard_from_neighbours(x_g, rank, k1, k2, eps, chosen, timer=clock)
     with clock("dbscan"):
-        labels = dbscan_reference(jaccard, eps, min_samples)
+        labels = dbscan(distance, eps, min_samples, chosen)
     with clock("cross_agreement"):
-        neigh_g = drop_self(rank, k)
-        scores = torch.stack([agreement(neigh_g, drop_self(r, k)) for r in rank_p], dim=1)
-    return labels, scores
-
-
-def _fast_stage(x_g, x_p, eps, k1, k2, min_samples, k, clock):
-    from .fast_cross_agreement import cross_agreement_from_lists
-    from .fast_jaccard import encode_cpu, jaccard_from_neighbours, jaccard_pairs_cpu
-    from .fast_knn import nearest_neighbours_fast
-    n = x_g.shape[0]
-    with clock("knn_global"):
-        _, rank = nearest_neighbours_fast(x_g, max(k1, k + 1))
-    with clock("knn_parts"):
-        rank_p = [nearest_neighbours_fast(x_p[:, :, p].contiguous(), k + 1)[1]
-                  for p in range(x_p.shape[2])]
-    rank_k1 = rank[:, :min(k1, n)]
-    if x_g.is_cuda:   # one fused Triton pipeline: reported under "jaccard"
-        clock.timings["encoding"] = 0.0
-        with clock("jaccard"):
-            distance = jaccard_from_neighbours(x_g, rank_k1, k1, k2, eps)
-    else:
-        with clock("encoding"):
-            encoding = encode_cpu(x_g, rank_k1, k1, k2)
-        with clock("jaccard"):
-            distance = jaccard_pairs_cpu(encoding, n, eps)
-    with clock("dbscan"):
-        labels = dbscan(distance, eps, min_samples, backend="fast")
-    with clock("cross_agreement"):
-        scores = cross_agreement_from_lists(rank, rank_p, k)
-    return labels, scores
+        scores = cross_agreement_from_neighbours(rank, ranks_p, k, chosen)
+    timings = {stage: clock.timings.get(stage, 0.0) for stage in STAGES}
+    timings["total"] = time.perf_counter() - start
+    return ClusterStageResult(labels, scores, timings, chosen)

@@ -1,24 +1,23 @@
 """The trainer's classification loss: PGLR on the global logits plus the mean
 part loss (AALS, or label-smoothed CE before ``aals_epoch``), with a backend
 switch between the plain PyTorch twin and the fastest exact path."""
-import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from pplr_fast.backend import DEFAULT_BACKEND, check_backend, resolve_backend, warn_once
 
 from ._validation import check_fraction, check_values
 from .aals import aals_loss_unchecked
 from .label_smoothing import cross_entropy_label_smoothing_unchecked
 from .pglr import check_pglr_inputs, pglr_loss_unchecked
 
-BACKENDS = ("reference", "fast")
-
 
 def pplr_classification_loss(logits_g: Tensor, logits_p: Tensor, targets: Tensor,
                              scores: Tensor, *, beta: float = 0.5, use_aals: bool,
                              epsilon: float = 0.1,
-                             backend: str = "reference") -> Tuple[Tensor, Tensor]:
+                             backend: str = DEFAULT_BACKEND) -> Tuple[Tensor, Tensor]:
     """(loss_global, loss_parts) of one mini-batch (SPEC §3).
 
     loss_global is :func:`pglr_loss`; loss_parts is the mean over the N_p parts
@@ -41,18 +40,19 @@ def pplr_classification_loss(logits_g: Tensor, logits_p: Tensor, targets: Tensor
             it compiles (a few seconds) on first use with each part loss and
             once more when C first exceeds 4096, not for every new C; if
             compilation fails, a warning is issued and the eager twin is used;
-            anything else (CUDA float64, CUDA without Triton): the eager twin.
+            anything else (CUDA float64; CUDA without Triton, which
+            :func:`pplr_fast.backend.resolve_backend` warns about once): the
+            eager twin.
     Both losses are float32 for half-precision logits.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     check_pglr_inputs(logits_g, logits_p, targets, scores, beta)
     check_fraction(epsilon, "epsilon")
     check_values(targets, logits_g.shape[1], scores)
     args = (logits_g, logits_p, targets, scores, beta, use_aals, epsilon)
-    if backend == "fast":
+    if resolve_backend(backend, logits_g.device, "classification_loss") == "fast":
         if _fused_op_applies(logits_g, logits_p):
-            from pplr_fast.kernels.pplr_classification_loss import pplr_classification_loss_fused
+            from .fused import pplr_classification_loss_fused
             return pplr_classification_loss_fused(logits_g, logits_p, targets, scores, beta=beta,
                                                   use_aals=use_aals, epsilon=epsilon,
                                                   validate=False)
@@ -73,13 +73,11 @@ def classification_loss_twin(logits_g: Tensor, logits_p: Tensor, targets: Tensor
 
 
 def _fused_op_applies(logits_g: Tensor, logits_p: Tensor) -> bool:
-    """The fused op runs on CUDA float32/float16/bfloat16 logits when Triton imports."""
+    """The fused op runs on CUDA float32/float16/bfloat16 logits (Triton is there:
+    the backend resolved to ``fast`` on CUDA)."""
     if logits_g.device.type != "cuda" or logits_p.device != logits_g.device:
         return False
-    try:
-        from pplr_fast.kernels.pplr_classification_loss import SUPPORTED_DTYPES
-    except ImportError:
-        return False
+    from pplr_fast.kernels.pplr_classification_loss import SUPPORTED_DTYPES
     return logits_g.dtype == logits_p.dtype and logits_g.dtype in SUPPORTED_DTYPES
 
 
@@ -100,7 +98,7 @@ def _compiled_twin_or_eager(*args) -> Tuple[Tensor, Tensor]:
             return _compiled_twin(*args)
         except Exception as error:  # noqa: BLE001 - no C++ compiler, unsupported platform...
             _compile_failed = True
-            warnings.warn(f"pplr_classification_loss: torch.compile failed "
-                          f"({type(error).__name__}: {error}); using the eager twin",
-                          RuntimeWarning)
+            warn_once("cpu:classification_loss:compile",
+                      f"pplr_classification_loss: torch.compile failed "
+                      f"({type(error).__name__}: {error}); using the eager twin")
     return classification_loss_twin(*args)
