@@ -156,7 +156,7 @@ def reciprocal_mask(rank: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def expansion_candidate_chunk(block_l1: int, block_lh: int) -> int:
-    """Candidates per step of ``_expansion_kernel``: its compare tile holds EXPANSION_TILE entries."""
+    """Candidates per step of ``_expansion_kernel`` (its compare tile: EXPANSION_TILE entries)."""
     return max(1, min(block_l1, EXPANSION_TILE // (block_lh * MEMBER_CHUNK)))
 
 
@@ -208,7 +208,7 @@ def encode(x: torch.Tensor, rank: torch.Tensor, k1: int
 
 
 def segment_sums(counts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """fp32 sums of consecutive segments of ``values`` (lengths ``counts``), each added left to right.
+    """fp32 sums of consecutive segments of ``values`` (lengths ``counts``), added left to right.
 
     The deterministic replacement of ``index_add_``: bit-equal to a sequential
     loop, on every run and every device.

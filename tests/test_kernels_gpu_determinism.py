@@ -30,7 +30,7 @@ FEATURES = {
 
 @pytest.fixture
 def shuffled_programs(monkeypatch):
-    """``reshuffle(seed)``: from then on, every interpreted launch runs its programs in a random order."""
+    """``reshuffle(seed)``: from then on, interpreted launches run programs in random orders."""
     if ON_GPU:
         return lambda seed: None
     from triton.runtime import interpreter
@@ -174,12 +174,13 @@ import torch
 from triton.backends.compiler import GPUTarget
 from triton.compiler import make_backend
 from triton.runtime.jit import compute_cache_key, create_function_from_signature
-from pplr_fast.kernels import cross_agreement, jaccard, pair_distance
+from pplr_fast.kernels import cross_agreement, jaccard, knn, pair_distance
 
 backend = make_backend(GPUTarget("cuda", 90, 32))
-ptr = {name: torch.empty(64, dtype=getattr(torch, name)) for name in ("int8", "int32", "int64",
-                                                                      "float32", "float64")}
-i8, i32, i64, f32, f64 = (ptr[name] for name in ("int8", "int32", "int64", "float32", "float64"))
+ptr = {name: torch.empty(64, dtype=getattr(torch, name))
+       for name in ("int8", "int32", "int64", "float16", "float32", "float64")}
+i8, i32, i64, f16, f32, f64 = (ptr[name] for name in ("int8", "int32", "int64", "float16",
+                                                      "float32", "float64"))
 LAUNCHES = {  # kernel: (arguments for a varying value v, constexprs)
     "pair distance": (pair_distance._pair_sq_distance_kernel,
                       lambda v: (f32, i64, i64, f64, v, v + 3, 256, 256),
@@ -192,6 +193,10 @@ LAUNCHES = {  # kernel: (arguments for a varying value v, constexprs)
                         dict(BLOCK_L=32)),
     "cross agreement": (cross_agreement._cross_agreement_kernel,
                         lambda v: (i64, i64, f32, v, 3, 21, 21, 20), dict(BLOCK_K=32)),
+    "kNN filter": (knn._knn_filter_kernel,
+                   lambda v: (f16, f64, f32, i32, i32, i8, v + 7, v, 256, 256, 30),
+                   dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, CAP=256, CHUNK=64,
+                        BISECT_STEPS=16)),
 }
 for name, (kernel, args, constexprs) in LAUNCHES.items():
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
@@ -222,6 +227,6 @@ def test_varying_integer_arguments_compile_once(tmp_path):
         if line.startswith("KEYS "):
             name, count = line[len("KEYS "):].rsplit(" ", 1)
             keys[name] = int(count)
-    assert len(keys) == 5, done.stdout
+    assert len(keys) == 6, done.stdout
     for name, count in keys.items():
         assert count == 1, f"{name}: {count} compiled variants for different per-chunk integers"
