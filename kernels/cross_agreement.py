@@ -25,7 +25,7 @@ def _kept_entries(list_ptr, i, length, size, t):
     return entries, in_list & (entries != i) & (rank_among_others < size)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def _cross_agreement_kernel(neigh_g_ptr, neigh_p_ptr, out_ptr, n, n_parts, kg, kp, size,
                             BLOCK_K: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
@@ -38,6 +38,11 @@ def _cross_agreement_kernel(neigh_g_ptr, neigh_p_ptr, out_ptr, n, n_parts, kg, k
     total = tl.sum(g_kept.to(tl.int32), axis=0) + tl.sum(p_kept.to(tl.int32), axis=0) - common
     score = tl.math.div_rn(common.to(tl.float32), tl.maximum(total, 1).to(tl.float32))
     tl.store(out_ptr + i * n_parts + part, score)
+
+
+def compare_warps(block_k: int) -> int:
+    """Warps of a program: its BLOCK_K x BLOCK_K compare tile at 32 entries a thread."""
+    return max(1, min(16, block_k * block_k // 1024))
 
 
 def cross_agreement_from_neighbours_cuda(neigh_g: torch.Tensor, neigh_p: torch.Tensor, k: int
@@ -56,8 +61,8 @@ def cross_agreement_from_neighbours_cuda(neigh_g: torch.Tensor, neigh_p: torch.T
     out = torch.empty(n, n_parts, dtype=torch.float32, device=neigh_g.device)
     if n_parts == 0:
         return out
+    block_k = triton.next_power_of_2(max(kg, kp))
     _cross_agreement_kernel[(n, n_parts)](neigh_g, neigh_p, out, n, n_parts, kg, kp,
-                                          min(k, n - 1),
-                                          BLOCK_K=triton.next_power_of_2(max(kg, kp)),
-                                          num_warps=1, **LAUNCH)
+                                          min(k, n - 1), BLOCK_K=block_k,
+                                          num_warps=compare_warps(block_k), **LAUNCH)
     return out

@@ -17,10 +17,10 @@ import triton.language as tl
 
 from pplr_fast.kernels import LAUNCH
 
-TILE_ELEMENTS = 2048      # BLOCK_P x BLOCK_D: the fp64 partial sums a program holds
+TILE_ELEMENTS = 1024      # BLOCK_P x BLOCK_D: the fp64 partial sums a program holds (4 warps)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pairs", "n_rows"])
 def _pair_sq_distance_kernel(x_ptr, rows_ptr, cols_ptr, out_ptr, n_pairs, n_rows, dim, stride_x,
                              BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
     pairs = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)

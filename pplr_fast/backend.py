@@ -55,13 +55,12 @@ def _missing_cpu_kernels(op: str) -> str | None:
 
 
 def _missing_gpu_kernels(op: str) -> str | None:
+    """Why the fast GPU path of ``op`` cannot run here, or None. (DBSCAN needs no CuPy:
+    without it, label propagation in torch ops runs instead, see ``fast_cuda.dbscan``.)"""
     try:
         import triton  # noqa: F401
     except ImportError:
-        return "triton is not installed (pip install triton, or pip install -e '.[gpu]')"
-    if op == "dbscan":
-        from pplr_fast.cluster.fast_cuda import cupy_problem
-        return cupy_problem()
+        return "triton is not installed (pip install triton, or pip install -e '.[gpu-cuda12]')"
     return None
 
 
@@ -77,7 +76,7 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
         return "reference"
     if device.type == "cuda":
         problem = _missing_gpu_kernels(op)
-        fix = "pip install -e '.[gpu]'"
+        fix = "pip install triton (a CUDA torch on Linux brings it)"
     elif device.type == "cpu":
         problem = _missing_cpu_kernels(op)
         fix = "rebuild the CPU kernels with: pip install -e ."
@@ -85,6 +84,10 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
         problem, fix = f"no fast kernels for device type {device.type!r}", "use a CPU or CUDA tensor"
     if problem is None:
         return "fast"
+    if device.type == "cuda":       # on a GPU the reference is a slow path: say it loudly
+        from .gpu_fallback import report_gpu_fallback
+        report_gpu_fallback(op, device, problem, fix)
+        return "reference"
     warn_once(f"{device.type}:{op}",
               f"pplr_fast: the fast {op} kernels are unavailable on {device.type}: {problem}; "
               f"falling back to the reference path ({fix}).")

@@ -26,6 +26,7 @@ from .config import NO_PRETRAINED, TrainConfig, check_data_size
 from .data import (ImageDataset, RandomIdentitySampler, ReidDataset, build_train_transform)
 from .evaluation import evaluate_split
 from .features import extract_features
+from .gpu_fallback import drain_fallback_records
 from .losses import inter_camera_proxy_loss, pplr_classification_loss, soft_triplet_loss
 from .models import PPLRNet, load_pretrained
 from .utils import distributed
@@ -431,6 +432,12 @@ class PPLRTrainer:
             record.update(self.train_epoch(epoch, samples, scores, proxies))
             record["train_s"] = time.perf_counter() - train_start
             record["s_per_iter"] = record["train_s"] / cfg.iters
+        fallbacks = drain_fallback_records()
+        if fallbacks:       # a fast GPU piece did not run this epoch: the log says so every epoch
+            record["gpu_fallbacks"] = fallbacks
+            for f in fallbacks:
+                self.say(f"epoch {epoch}: on {f['device']} the fast {f['op']} ran {f['ran']} "
+                         f"({f['calls']} calls): {f['reason']}; fix: {f['fix']}")
         if self.stop_requested:
             return record
         if (epoch + 1) % cfg.eval_step == 0 or epoch == cfg.epochs - 1:

@@ -100,7 +100,7 @@ def test_jaccard_gpu_path_cutoff_and_chunks(monkeypatch, device):
     rank = nearest_neighbours(x, k1, backend="reference")[1].to(device)
     x = x.to(device)
     whole = fast_cuda.jaccard_from_neighbours(x, rank, k1, k2, None)
-    monkeypatch.setattr(jaccard_kernels, "ACCUMULATOR_BYTES", 4 * x.shape[0] * 7)
+    monkeypatch.setattr(jaccard_kernels, "TERM_BYTES", 48 * 500)
     monkeypatch.setattr(jaccard_kernels, "EXPANSION_BYTES", 16 * 21 * 11 * 5)
     monkeypatch.setattr(jaccard_kernels, "EXPANSION_ENTRIES", 500)
     chunked = fast_cuda.jaccard_from_neighbours(x, rank, k1, k2, None)

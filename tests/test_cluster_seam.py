@@ -34,7 +34,10 @@ ALLOWED = {
     "pplr_fast.cluster.sparse_distance": {"pplr_fast.cluster.common", "pplr_fast.cluster.checks"},
     "pplr_fast.cluster.reference": LEAVES,
     "pplr_fast.cluster.fast_cpu": LEAVES | CPU_KERNELS,
-    "pplr_fast.cluster.fast_cuda": LEAVES | {"pplr_fast.kernels."},
+    "pplr_fast.cluster.fast_cuda": LEAVES | {"pplr_fast.kernels.", "pplr_fast.gpu_fallback",
+                                             "pplr_fast.cluster.dbscan_propagation"},
+    # the GPU DBSCAN's stand-in when CuPy cannot run: plain torch ops on any device
+    "pplr_fast.cluster.dbscan_propagation": {"pplr_fast.cluster.checks"},
 }
 
 

@@ -8,21 +8,10 @@ this module launches them and wraps their results (e.g. a
 choice are in ``api.py``. Apart from DBSCAN every function runs on any device
 (the tests run them on CPU tensors with the Triton interpreter).
 
-kNN, exact: fp16 GEMM filter + fp64 re-rank (the GPU twin of ``fast_cpu``).
-Per block of rows:
-
-1. fp16 scores ``s = x~_r x~^T`` (cuBLAS, fp32 accumulation; fp32 output when
-   ``torch.mm(..., out_dtype=torch.float32)`` exists, else fp16 output whose
-   unit roundoff 2^-11 enters the bound);
-2. t = the k-th best score per row (``torch.topk``), and the candidate floor of
-   ``csrc/cpu/knn_cpu.cpp`` (``candidate_floor``) with the rigorous per-row
-   bound c_i of ``common.rounding_error_bounds``, taken with an accumulation
-   roundoff of 2^-22 (tensor-core fp32 accumulation does not round to nearest);
-3. every column scoring >= the floor gets its exact fp64 distance
-   (``kernels/pair_distance.py``), and the k smallest by ``(d, index)`` are kept
-   (stable sorts by d, then by row: a segmented sort);
-4. rows with more than ``common.CANDIDATE_CAP`` candidates (near-equidistant
-   data) are finished with an fp64 GEMM row and a stable sort instead.
+kNN, exact: ``kernels/knn.py`` (``knn_topk``): a fused fp16 Triton GEMM that
+keeps a running per-row threshold and candidate list (no score matrix, no host
+sync per block), then the fp64 re-rank; its docstring has the error bound and
+the throughput arithmetic.
 
 Jaccard: ``kernels/jaccard.py`` (sparse, O(N·k) memory). Cross-agreement:
 ``kernels/cross_agreement.py`` (all parts in one batched pass).
@@ -31,7 +20,9 @@ DBSCAN: ``csrc/cuda/dbscan_cuda.cu`` (hooking with atomicMin + pointer
 jumping; its union-find has no natural Triton form). CuPy compiles the
 sources with NVRTC (no compiler needed at install time), caches the modules
 and launches them on torch's current stream; tensors are shared zero-copy
-through DLPack.
+through DLPack. Where CuPy cannot run, ``dbscan_propagation.py`` (plain torch
+ops, the same labels) takes its place, announced loudly
+(``pplr_fast.gpu_fallback``), never the reference's Python loop.
 """
 from __future__ import annotations
 
@@ -43,91 +34,18 @@ import torch
 
 from pplr_fast.kernels.cross_agreement import cross_agreement_from_neighbours_cuda
 from pplr_fast.kernels.jaccard import jaccard_from_neighbours_cuda
-from pplr_fast.kernels.pair_distance import pair_sq_distance
+from pplr_fast.kernels.knn import knn_topk
+from pplr_fast.gpu_fallback import cupy_install_hint, report_gpu_fallback
 
-from . import common
 from .checks import available_memory
-from .common import (Timer, block_rows, ieee_matmul, neighbour_lists, no_timer,
-                     pairwise_sq_distance, rounding_error_bounds, sorted_neighbours)
+from .common import Timer, neighbour_lists, no_timer
+from .dbscan_propagation import dbscan_propagation
 from .sparse_distance import SparseDistance
 
-ACCUMULATE_ROUNDOFF = 2.0 ** -22
-FP16_ROUNDOFF = 2.0 ** -11
-
-
 # ---------------------------------------------------------------- kNN
-@functools.lru_cache(maxsize=None)
-def has_fp32_output_mm(device_type: str) -> bool:
-    """Whether ``torch.mm(fp16, fp16, out_dtype=torch.float32)`` runs on this device type."""
-    a = torch.zeros(2, 2, dtype=torch.float16, device=device_type)
-    try:
-        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
-    except (RuntimeError, NotImplementedError, TypeError):
-        return False
-
-
-def candidate_floor(t: torch.Tensor, c: torch.Tensor, u: float) -> torch.Tensor:
-    """``candidate_floor`` of knn_cpu.cpp, row-wise: float64 arithmetic, fp32 result."""
-    t = t.double()
-    lowest = t - u * t.abs() - 2 * c
-    s = torch.where(lowest >= 0, lowest / (1 + u), lowest / (1 - u))
-    return (s - 1e-6).float()
-
-
-def smallest_per_row(rows: torch.Tensor, cols: torch.Tensor, dist: torch.Tensor, n_rows: int,
-                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest ``(dist, col)`` of each row of a COO list whose cols ascend per row.
-
-    Returns (n_rows, k) dist and col; rows holding fewer than k entries are left unset.
-    """
-    order = torch.sort(dist, stable=True).indices            # ties keep ascending cols
-    order = order[torch.sort(rows[order], stable=True).indices]
-    rows, cols, dist = rows[order], cols[order], dist[order]
-    counts = torch.bincount(rows, minlength=n_rows)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(rows.numel(), device=rows.device) - starts[rows]
-    keep = slot < k
-    out_dist = torch.empty(n_rows, k, dtype=torch.float64, device=rows.device)
-    out_index = torch.empty(n_rows, k, dtype=torch.int64, device=rows.device)
-    out_dist[rows[keep], slot[keep]] = dist[keep]
-    out_index[rows[keep], slot[keep]] = cols[keep]
-    return out_dist, out_index
-
-
 def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact kNN, rows sorted by (fp64 distance, index). Returns (dist, index)."""
-    x = x.float().contiguous()
-    n = x.shape[0]
-    k = min(k, n)
-    x_low = x.half()
-    fp32_scores = has_fp32_output_mm(x.device.type)
-    output_roundoff = 0.0 if fp32_scores else FP16_ROUNDOFF
-    bounds = rounding_error_bounds(x, x_low, ACCUMULATE_ROUNDOFF)
-    dist = torch.empty(n, k, dtype=torch.float64, device=x.device)
-    index = torch.empty(n, k, dtype=torch.int64, device=x.device)
-    step = block_rows(n, 4)
-    for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        with ieee_matmul():
-            if fp32_scores:
-                scores = torch.mm(x_low[r0:r1], x_low.T, out_dtype=torch.float32)
-            else:
-                scores = torch.mm(x_low[r0:r1], x_low.T).float()
-        kth = torch.topk(scores, k, dim=1, sorted=False).values.min(dim=1).values
-        floor = candidate_floor(kth, bounds[r0:r1], output_roundoff)
-        candidate = scores >= floor[:, None]
-        del scores
-        overflow = candidate.sum(dim=1) > common.CANDIDATE_CAP
-        candidate[overflow] = False
-        rows, cols = torch.nonzero(candidate, as_tuple=True)    # cols ascend within a row
-        del candidate
-        d_pairs = pair_sq_distance(x, rows + r0, cols)
-        dist[r0:r1], index[r0:r1] = smallest_per_row(rows, cols, d_pairs, r1 - r0, k)
-        if bool(overflow.any()):
-            over = r0 + torch.nonzero(overflow).flatten()
-            with ieee_matmul():
-                dist[over], index[over] = sorted_neighbours(pairwise_sq_distance(x[over], x), k)
-    return dist, index
+    return knn_topk(x.float().contiguous(), min(k, x.shape[0]))
 
 
 # ---------------------------------------------------------------- Jaccard
@@ -264,9 +182,18 @@ def dbscan_cuda(crow: torch.Tensor, col: torch.Tensor, min_samples: int) -> torc
 
 
 def dbscan(dist, eps: float, min_samples: int) -> torch.Tensor:
-    """DBSCAN labels of a symmetric distance matrix (dense, or a SparseDistance) on a GPU."""
+    """DBSCAN labels of a symmetric distance matrix (dense, or a SparseDistance) on a GPU.
+
+    The CUDA C kernels when CuPy runs here; else label propagation in torch ops
+    (the same labels), reported as a substitute in the log and metrics.jsonl.
+    """
     crow, col = neighbour_lists(dist, eps)
-    return dbscan_cuda(crow, col, min_samples)
+    problem = cupy_problem() if crow.is_cuda else "the graph is not on a CUDA device"
+    if problem is None:
+        return dbscan_cuda(crow, col, min_samples)
+    report_gpu_fallback("dbscan", crow.device, problem, cupy_install_hint(),
+                        substitute="torch label propagation (dbscan_propagation.py)")
+    return dbscan_propagation(crow, col, min_samples)
 
 
 @functools.lru_cache(maxsize=None)
@@ -275,9 +202,9 @@ def cupy_problem() -> str | None:
     try:
         import cupy  # noqa: F401
     except ImportError:
-        return "CuPy is not installed (pip install cupy-cuda12x, or pip install -e '.[gpu]')"
+        return f"CuPy is not installed ({cupy_install_hint()})"
     except Exception as err:     # a broken CuPy install raises more than ImportError
-        return f"CuPy fails to import ({one_line(err)}); reinstall it: pip install cupy-cuda12x"
+        return f"CuPy fails to import ({one_line(err)}); reinstall it: {cupy_install_hint()}"
     try:
         if not torch.cuda.is_available():
             return "no CUDA device is visible to torch"
