@@ -100,6 +100,20 @@ def sparse_bytes(n: int, k1: int, k2: int) -> int:
     return ranks + expanded
 
 
+class StageClock:
+    """Adds the seconds since the previous call to ``timings[name]`` (no-op when timings is None)."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+            self.last = now
+
+
 # --------------------------------------------------------------------------- argument checks
 
 def check_parameters(k1, k2, lambda_value) -> tuple[int, int, float]:
@@ -191,7 +205,7 @@ def _squared_float32(values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- re_ranking
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
-               lambda_value: float = 0.3):
+               lambda_value: float = 0.3, *, timings: dict | None = None):
     """Re-ranked query-gallery distances (Zhong et al., CVPR 2017), as the copied function.
 
     Args:
@@ -202,11 +216,13 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
             distances (they are squared here, as in the copied function).
         k1, k2: k-reciprocal neighbourhood and query-expansion sizes (>= 1).
         lambda_value: weight of the original distance, in [0, 1].
+        timings: a dict that receives the seconds of each stage (CPU path).
 
     Returns:
         (Q, G) float32 re-ranked distances: a numpy array, or a torch tensor
         on q_g_dist's device when q_g_dist is a tensor.
     """
+    clock = StageClock(timings)
     k1, k2, lam = check_parameters(k1, k2, lambda_value)
     as_tensor = isinstance(q_g_dist, torch.Tensor)
     blocks = (q_g_dist, q_q_dist, g_g_dist)
@@ -234,13 +250,16 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
                         q, "distances")
     rank = np.concatenate([rank_q, rank_g])
     rowmax = np.concatenate([max_q, max_g])
+    clock("ranks")
 
     def entry_values(rows, cols):
         return _squared_float32(_block_matrix_entries(q_q, q_g, g_g, q, cols, rows))
 
     crow, col, v = _encode(rank, entry_values, rowmax, k1)
+    clock("encoding")
     out = np.empty((q, g), dtype=np.float32)
     _rerank.overlap_combine(crow, col, v, rank, _expansion_length(k2, K), q_g, True, max_q, lam, out)
+    clock("jaccard + output")
     return torch.from_numpy(out) if as_tensor else out
 
 
@@ -367,7 +386,8 @@ def _as_features(features, name: str) -> torch.Tensor:
     return x
 
 
-def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
+def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
+                     timings: dict | None = None):
     """:func:`re_ranking` of the Euclidean distances between the given features.
 
     The same result as ``re_ranking(dist(q, g), dist(q, q), dist(g, g), ...)``
@@ -380,11 +400,14 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
     Args:
         query: (Q, D) and gallery: (G, D) features, numpy arrays or torch
             tensors (CPU or CUDA).
+        k1, k2, lambda_value: as :func:`re_ranking`.
+        timings: a dict that receives the seconds of each stage (CPU path).
 
     Returns:
         (Q, G) float32 re-ranked distances: a torch tensor on query's device
         when query is a tensor, else a numpy array.
     """
+    clock = StageClock(timings)
     k1, k2, lam = check_parameters(k1, k2, lambda_value)
     as_tensor = isinstance(query, torch.Tensor)
     qx, gx = _as_features(query, "query"), _as_features(gallery, "gallery")
@@ -437,15 +460,18 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
             rank[r0:r1], rowmax[r0:r1], _, zero = _rerank.rank_rows(
                 block(r0, r1).numpy(), False, None, False, K, False)
             _raise_row_problems(-1, r0 + zero if zero >= 0 else -1, q, "features")
+    clock("distances + ranks")
     xs = x.numpy()
 
     def entry_values(rows, cols):
         return _rerank.pair_sq_distance(xs, rows, cols).astype(np.float32)
 
     crow, col, v = _encode(rank, entry_values, rowmax, k1)
+    clock("encoding")
     result = out.numpy()
     _rerank.overlap_combine(crow, col, v, rank, _expansion_length(k2, K), result, False, rowmax[:q],
                             lam, result)
+    clock("jaccard + output")
     return out if as_tensor else result
 
 
