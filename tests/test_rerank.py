@@ -199,14 +199,18 @@ def test_smallest_by_value_then_index_breaks_ties_by_index():
 
 @pytest.mark.parametrize("by_col", [False, True])
 def test_rank_rows_ties_created_by_scaling(by_col, rng):
-    """Entries one float apart that scaling by the row maximum makes equal go by index."""
+    """Entries one float apart that scaling by the row maximum makes equal go by index.
+
+    Rows drawn with repetition from such values also hold exact duplicates, so
+    a tie can reach past the entries a single pass keeps (the rescan case).
+    """
     from pplr_fast import _rerank
     # values at the top of a binade over a maximum that lands them at the bottom of one
-    base = np.float32(1.99) + np.arange(40, dtype=np.float32) * np.spacing(np.float32(1.99))
-    rows = np.stack([rng.permutation(base) for _ in range(5)])
-    rows[:, 0] = 3.9                                             # the maxima
+    base = np.float32(1.99) + np.arange(12, dtype=np.float32) * np.spacing(np.float32(1.99))
+    rows = rng.choice(base, size=(200, 30))
+    rows[:, -1] = 3.9                                            # the maxima
     scaled = (rows / rows.max(axis=1, keepdims=True)).astype(np.float32)
-    assert len(np.unique(scaled[0])) < len(np.unique(rows[0]))   # scaling did create ties
+    assert len(np.unique(scaled)) < len(np.unique(rows))         # scaling did create ties
     expected = np.argsort(scaled, axis=1, kind="stable")[:, :7]
     block = np.ascontiguousarray(rows.T) if by_col else rows
     rank, rowmax, non_finite, zero = _rerank.rank_rows(block, by_col, None, False, 7, False)
