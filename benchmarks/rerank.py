@@ -27,6 +27,7 @@ A size that does not fit is reported with its memory estimate instead.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -140,9 +141,18 @@ def _status_kib(key: str) -> int | None:
     return None
 
 
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the system, so that the next peak counts its own pages."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_growth(run):
     """``(result, seconds, peak MiB)``: run() with the growth of the peak RSS it caused."""
-    gc.collect()
+    release_free_memory()
     before = _status_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:

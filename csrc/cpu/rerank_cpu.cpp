@@ -28,21 +28,22 @@ inline float entry_value(T x, bool square) {
 }
 
 // Running state of a block of D rows, before scaling: the maximum, a
-// non-finite flag, and the `keep` smallest entries by (value, column).
+// non-finite flag, and the `keep` smallest entries by (value, column);
+// bar[r] is the value an entry must beat to enter row r (+inf until it is full).
 struct RowStates {
     int64_t keep;
-    std::vector<float> max, best;
+    std::vector<float> max, bar, best;
     std::vector<int64_t> index, count;
     std::vector<uint8_t> non_finite;
     RowStates(int64_t rows, int64_t keep)
-        : keep(keep), max(rows, 0.0f), best(rows * keep), index(rows * keep), count(rows, 0),
-          non_finite(rows, 0) {}
-    // Offer entry (column j, value v) to row r; columns arrive in ascending order.
+        : keep(keep), max(rows, 0.0f), bar(rows, std::numeric_limits<float>::infinity()),
+          best(rows * keep), index(rows * keep), count(rows, 0), non_finite(rows, 0) {}
+    // Offer entry (column j, value v < bar[r]) to row r; columns arrive in ascending order,
+    // so an entry equal to the last kept one stays out (ties go to the lower column).
     inline void offer(int64_t r, int64_t j, float v) {
         float* b = best.data() + r * keep;
         int64_t* ix = index.data() + r * keep;
         int64_t& c = count[r];
-        if (c == keep && !(v < b[keep - 1])) return;   // ties go to the lower column
         int64_t pos = c < keep ? c++ : keep - 1;
         while (pos > 0 && b[pos - 1] > v) {
             b[pos] = b[pos - 1];
@@ -51,6 +52,7 @@ struct RowStates {
         }
         b[pos] = v;
         ix[pos] = j;
+        if (c == keep) bar[r] = b[keep - 1];
     }
 };
 
@@ -62,17 +64,24 @@ void feed(const Segment& s, bool square, int64_t offset, RowStates& st) {
     if (s.by_col) {
         // D row r is column r: stream the array's rows over a run of columns
         const int64_t runs = (rows + COLUMN_RUN - 1) / COLUMN_RUN;
-#pragma omp parallel for schedule(dynamic, 1)
-        for (int64_t run = 0; run < runs; ++run) {
-            const int64_t r0 = run * COLUMN_RUN, r1 = std::min(rows, r0 + COLUMN_RUN);
-            for (int64_t j = 0; j < len; ++j) {
-                const T* src = p + j * s.cols;
-                for (int64_t r = r0; r < r1; ++r) {
-                    const float v = entry_value(src[r], square);
-                    st.max[r] = std::max(st.max[r], v);
-                    st.non_finite[r] |= !(v <= std::numeric_limits<float>::max());
-                    if (st.count[r] < st.keep || v < st.best[r * st.keep + st.keep - 1])
-                        st.offer(r, offset + j, v);
+#pragma omp parallel
+        {
+            std::vector<float> v(COLUMN_RUN);
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t run = 0; run < runs; ++run) {
+                const int64_t r0 = run * COLUMN_RUN, width = std::min(rows - r0, COLUMN_RUN);
+                float* top = st.max.data() + r0;
+                const float* bar = st.bar.data() + r0;
+                uint8_t* bad = st.non_finite.data() + r0;
+                for (int64_t j = 0; j < len; ++j) {
+                    const T* src = p + j * s.cols + r0;
+                    for (int64_t t = 0; t < width; ++t) {   // vectorised: values, maxima, flags
+                        v[t] = entry_value(src[t], square);
+                        top[t] = std::max(top[t], v[t]);
+                        bad[t] |= !(v[t] <= std::numeric_limits<float>::max());
+                    }
+                    for (int64_t t = 0; t < width; ++t)
+                        if (v[t] < bar[t]) st.offer(r0 + t, offset + j, v[t]);
                 }
             }
         }
@@ -86,8 +95,7 @@ void feed(const Segment& s, bool square, int64_t offset, RowStates& st) {
                 const float v = entry_value(src[j], square);
                 m = std::max(m, v);
                 bad |= !(v <= std::numeric_limits<float>::max());
-                if (st.count[r] < st.keep || v < st.best[r * st.keep + st.keep - 1])
-                    st.offer(r, offset + j, v);
+                if (v < st.bar[r]) st.offer(r, offset + j, v);
             }
             st.max[r] = m;
             st.non_finite[r] |= bad;
