@@ -16,8 +16,8 @@ namespace {
 // array row contributes one contiguous run of this many entries.
 constexpr int64_t COLUMN_RUN = 2048;
 
-inline float squared_float(float x) {   // exact square, rounded once: as numpy's float32 x**2
-    return static_cast<float>(static_cast<double>(x) * x);
+inline float squared_float(float x) {   // rounded once, as numpy's float32 x**2 (and as float(double(x)^2))
+    return x * x;
 }
 inline float squared_float(double x) {  // double square, then rounded to float: as x**2 .astype(f32)
     return static_cast<float>(x * x);
@@ -61,44 +61,66 @@ template <typename T>
 void feed(const Segment& s, bool square, int64_t offset, RowStates& st) {
     const T* p = static_cast<const T*>(s.data);
     const int64_t len = s.length(), rows = s.count();
+    constexpr int64_t BLOCK = 64;   // entries screened at once against the bar(s)
     if (s.by_col) {
         // D row r is column r: stream the array's rows over a run of columns
         const int64_t runs = (rows + COLUMN_RUN - 1) / COLUMN_RUN;
 #pragma omp parallel
         {
-            std::vector<float> v(COLUMN_RUN);
+            std::vector<float> v(COLUMN_RUN), total(COLUMN_RUN);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t run = 0; run < runs; ++run) {
                 const int64_t r0 = run * COLUMN_RUN, width = std::min(rows - r0, COLUMN_RUN);
                 float* top = st.max.data() + r0;
                 const float* bar = st.bar.data() + r0;
-                uint8_t* bad = st.non_finite.data() + r0;
+                std::fill(total.begin(), total.end(), 0.0f);
                 for (int64_t j = 0; j < len; ++j) {
                     const T* src = p + j * s.cols + r0;
-                    for (int64_t t = 0; t < width; ++t) {   // vectorised: values, maxima, flags
+#pragma omp simd
+                    for (int64_t t = 0; t < width; ++t) {
                         v[t] = entry_value(src[t], square);
                         top[t] = std::max(top[t], v[t]);
-                        bad[t] |= !(v[t] <= std::numeric_limits<float>::max());
+                        total[t] += v[t];      // NaN stays NaN: the non-finite check
                     }
-                    for (int64_t t = 0; t < width; ++t)
-                        if (v[t] < bar[t]) st.offer(r0 + t, offset + j, v[t]);
+                    for (int64_t t0 = 0; t0 < width; t0 += BLOCK) {
+                        const int64_t t1 = std::min(width, t0 + BLOCK);
+                        int below = 0;
+#pragma omp simd reduction(| : below)
+                        for (int64_t t = t0; t < t1; ++t) below |= v[t] < bar[t];
+                        if (!below) continue;
+                        for (int64_t t = t0; t < t1; ++t)
+                            if (v[t] < bar[t]) st.offer(r0 + t, offset + j, v[t]);
+                    }
                 }
+                for (int64_t t = 0; t < width; ++t)
+                    st.non_finite[r0 + t] |= std::isnan(total[t]) || std::isinf(top[t]);
             }
         }
     } else {
-#pragma omp parallel for schedule(dynamic, 16)
-        for (int64_t r = 0; r < rows; ++r) {
-            const T* src = p + r * s.cols;
-            float m = st.max[r];
-            bool bad = false;
-            for (int64_t j = 0; j < len; ++j) {
-                const float v = entry_value(src[j], square);
-                m = std::max(m, v);
-                bad |= !(v <= std::numeric_limits<float>::max());
-                if (v < st.bar[r]) st.offer(r, offset + j, v);
+#pragma omp parallel
+        {
+            std::vector<float> v(BLOCK);
+#pragma omp for schedule(dynamic, 16)
+            for (int64_t r = 0; r < rows; ++r) {
+                const T* src = p + r * s.cols;
+                float m = st.max[r], total = 0.0f;
+                for (int64_t j0 = 0; j0 < len; j0 += BLOCK) {
+                    const int64_t w = std::min(len - j0, BLOCK);
+                    float low = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m) reduction(min : low) reduction(+ : total)
+                    for (int64_t t = 0; t < w; ++t) {
+                        v[t] = entry_value(src[j0 + t], square);
+                        m = std::max(m, v[t]);
+                        low = std::min(low, v[t]);
+                        total += v[t];      // NaN stays NaN: the non-finite check
+                    }
+                    if (!(low < st.bar[r])) continue;
+                    for (int64_t t = 0; t < w; ++t)
+                        if (v[t] < st.bar[r]) st.offer(r, offset + j0 + t, v[t]);
+                }
+                st.max[r] = m;
+                st.non_finite[r] |= std::isnan(total) || std::isinf(m);
             }
-            st.max[r] = m;
-            st.non_finite[r] |= bad;
         }
     }
 }
@@ -396,11 +418,13 @@ void overlap_combine(const Csr& v, const Postings& post, const T* qg, int64_t q,
             }
             const T* src = qg + i * g;
             float* dst = out + i * g;
+            float* overlap = m.data();
             const float top = rowmax[i];
+#pragma omp simd
             for (int64_t j = 0; j < g; ++j) {
-                const float jaccard = 1.0f - m[j] / (2.0f - m[j]);   // 1 where m = 0
+                const float jaccard = 1.0f - overlap[j] / (2.0f - overlap[j]);   // 1 where m = 0
                 dst[j] = jaccard * keep + (entry_value(src[j], square) / top) * mix;
-                m[j] = 0.0f;
+                overlap[j] = 0.0f;
             }
         }
     }
