@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     bars.add_argument("--no-progress", dest="progress", action="store_false",
                       help="no progress bars (default: bars only on a terminal)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--rerank", action="store_true",
+                   help="also report k-reciprocal re-ranking (Zhong et al., CVPR 2017) side by side")
+    p.add_argument("--k1", type=int, default=20, help="re-ranking: k-reciprocal neighbours (default 20)")
+    p.add_argument("--k2", type=int, default=6, help="re-ranking: query expansion size (default 6)")
+    p.add_argument("--lambda", dest="lambda_value", type=float, default=0.3,
+                   help="re-ranking: weight of the original distance (default 0.3)")
     return p
 
 
@@ -55,18 +61,38 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = create_dataset(args.dataset or cfg["dataset"], args.data_dir or cfg["data_dir"],
                                  generate=False)
         model = PPLRNet.from_checkpoint(state, device)
+        rerank = (dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
+                  if args.rerank else None)
         metrics = evaluate_split(model, dataset.query, dataset.gallery, height=cfg["height"],
                                  width=cfg["width"], batch_size=args.batch_size,
-                                 workers=args.workers, device=device, progress=args.progress)
+                                 workers=args.workers, device=device, progress=args.progress,
+                                 rerank=rerank)
     except (CheckpointError, DatasetError, ImageReadError) as err:
         raise SystemExit(f"error: {one_line(err)}") from None
+    except ValueError as err:     # re-ranking arguments (k1, k2, lambda) it cannot use
+        if not args.rerank:
+            raise
+        raise SystemExit(f"error: --rerank: {one_line(err)}") from None
     if args.json:
         print(json.dumps(metrics))
     else:
         print(f"{dataset.name} (epoch {state['epoch']} of {args.checkpoint}): "
               f"mAP {metrics['mAP']:.1%}  rank-1 {metrics['rank1']:.1%}  rank-5 {metrics['rank5']:.1%}"
               f"  rank-10 {metrics['rank10']:.1%}  mINP {metrics['mINP']:.1%}")
+    if args.rerank and not args.json:
+        print(rerank_table(metrics, args))
     return metrics
+
+
+def rerank_table(metrics: dict, args) -> str:
+    """Metrics without and with re-ranking, side by side."""
+    names = ("mAP", "rank1", "rank5", "rank10", "mINP")
+    lines = [f"{'':<32}" + "".join(f"{name:>9}" for name in names)]
+    for label, m in (("without re-ranking", metrics),
+                     (f"re-ranked (k1={args.k1}, k2={args.k2}, λ={args.lambda_value:g})",
+                      metrics["reranked"])):
+        lines.append(f"{label:<32}" + "".join(f"{m[name]:>9.1%}" for name in names))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

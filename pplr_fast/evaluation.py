@@ -159,12 +159,14 @@ def _rank_chunk(distmat: torch.Tensor, query_pids: torch.Tensor, query_cams: tor
 
 def evaluate_split(model, query: Sequence, gallery: Sequence, *, height: int, width: int,
                    batch_size: int, workers: int, device: torch.device,
-                   progress: Optional[bool] = None) -> dict:
+                   progress: Optional[bool] = None, rerank: Optional[dict] = None) -> dict:
     """mAP, CMC and mINP of ``model`` on a query/gallery split of ``(path, pid, camid)`` samples.
 
     Features are the L2-normalised global features (``model.extract``).
     Under torch.distributed every rank extracts its shard; the metrics are
-    computed on every rank.
+    computed on every rank. With ``rerank`` (keyword arguments of
+    :func:`pplr_fast.rerank.re_rank_features`: k1, k2, lambda_value) the
+    metrics after k-reciprocal re-ranking are added under ``"reranked"``.
     """
     from .features import extract_features
     extract = dict(height=height, width=width, batch_size=batch_size, workers=workers,
@@ -172,5 +174,12 @@ def evaluate_split(model, query: Sequence, gallery: Sequence, *, height: int, wi
     q, _ = extract_features(model, query, desc="evaluate: query", **extract)
     g, _ = extract_features(model, gallery, desc="evaluate: gallery", **extract)
     column = lambda rows, i: torch.tensor([r[i] for r in rows])  # noqa: E731
-    return evaluate_ranking(pairwise_distance(q, g), column(query, 1), column(gallery, 1),
-                            column(query, 2), column(gallery, 2))
+    ids = (column(query, 1), column(gallery, 1), column(query, 2), column(gallery, 2))
+    metrics = evaluate_ranking(pairwise_distance(q, g), *ids)
+    if rerank is not None:
+        from .rerank import re_rank_features
+        # the Euclidean distances of the normalised features, as evaluated above
+        reranked = re_rank_features(F.normalize(q.float(), dim=1), F.normalize(g.float(), dim=1),
+                                    **rerank)
+        metrics["reranked"] = evaluate_ranking(reranked, *ids)
+    return metrics
