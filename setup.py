@@ -15,12 +15,16 @@ from glob import glob
 from setuptools import setup
 
 try:
-    from pybind11.setup_helpers import Pybind11Extension, build_ext
+    from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 except ImportError:  # pragma: no cover - pyproject.toml lists pybind11
     sys.exit("pplr_fast: building needs pybind11 (pip install pybind11), "
              "or install with pip, which reads pyproject.toml.")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Compile the sources of each extension on every core (NPY_NUM_BUILD_JOBS=N to cap it):
+# the install is most of a first run's set-up time on a small machine.
+ParallelCompile("NPY_NUM_BUILD_JOBS", default=0).install()
 
 
 def cpu_extensions():
