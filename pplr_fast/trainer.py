@@ -27,6 +27,7 @@ from .evaluation import evaluate_ranking, pairwise_distance
 from .features import extract_features
 from .losses import inter_camera_proxy_loss, pplr_classification_loss, soft_triplet_loss
 from .models import PPLRNet, load_pretrained
+from .pseudo_label_quality import pseudo_label_quality
 from .utils import distributed
 from .utils.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state,
                                save_checkpoint)
@@ -375,6 +376,9 @@ class PPLRTrainer:
         record = {"epoch": epoch, "clusters": result.num_clusters, "outliers": result.num_outliers,
                   "extract_s": extract_time, **{f"{k}_s": v for k, v in result.timings.items()},
                   "cluster_backend": result.backend, "lr": self._lr(epoch)}
+        # the true identities are read here only, for the log (never for training)
+        record.update(pseudo_label_quality(result.labels, [s[1] for s in self.train_samples],
+                                           result.scores))
         self.say(f"epoch {epoch}: {result.num_clusters} clusters, {result.num_outliers} outliers "
                  f"(clustering {result.timings['total']:.2f}s on {result.backend})")
         if result.num_clusters == 0:

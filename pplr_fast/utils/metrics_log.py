@@ -1,4 +1,5 @@
-"""The run's metrics: one JSON line per epoch, and a PNG of mAP and clusters per epoch."""
+"""The run's metrics: one JSON line per epoch, and a PNG of mAP and clusters per epoch
+above the pseudo-labels' quality per epoch."""
 from __future__ import annotations
 
 import json
@@ -33,14 +34,17 @@ class MetricsLog:
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """mAP (left axis) and cluster count (right axis) per epoch, written as a PNG."""
+    """mAP (left axis) and cluster count (right axis) per epoch, written as a PNG,
+    with the pseudo-label quality per epoch (pplr_fast.pseudo_label_quality) below."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..pseudo_label_quality import plot_quality
+
     path = Path(path)
     epochs = [r for r in records if "epoch" in r]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig, (ax, quality_ax) = plt.subplots(2, 1, figsize=(7, 7), dpi=120, sharex=True)
     evaluated = [(r["epoch"], 100 * r["mAP"]) for r in epochs
                  if isinstance(r.get("mAP"), (int, float)) and not math.isnan(r["mAP"])]
     if evaluated:
@@ -54,6 +58,7 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike) -> Path
         twin.plot(*zip(*clusters), "s--", color="tab:orange", label="clusters")
     twin.set_ylabel("pseudo identities (clusters)", color="tab:orange")
     ax.set_title("PPLR training: mAP and cluster count per epoch")
+    plot_quality(quality_ax, epochs)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
