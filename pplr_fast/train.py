@@ -23,7 +23,7 @@ from .cluster.backend import BACKENDS
 from .data import (DATASET_NAMES, DATASET_PRESETS, DatasetError, ImageReadError,
                    canonical_dataset_name, create_dataset)
 from .models import RESNETS, PretrainedWeightsError
-from .trainer import PPLRTrainer, TrainConfig, TrainingSetupError
+from .trainer import METHODS, PPLRTrainer, TrainConfig, TrainingSetupError
 from .utils import distributed
 from .utils.checkpoint import CheckpointError
 
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--step-size", type=int, help="lr x0.1 every this many epochs (20)")
     o.add_argument("--seed", type=int, default=1)
     c = p.add_argument_group("PPLR")
+    c.add_argument("--method", choices=METHODS, default="pplr",
+                   help="pplr (default), or baseline: the same part-based network trained with "
+                        "hard pseudo-labels (plain cross-entropy) on the global and every part "
+                        "classifier, no PGLR, no AALS, no label smoothing")
     c.add_argument("--eps", type=float, help="DBSCAN eps (dataset preset; smaller with --cam)")
     c.add_argument("--k1", type=int, default=30, help="Jaccard k1 (30)")
     c.add_argument("--k2", type=int, default=6, help="Jaccard k2 (6)")
@@ -120,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         aals_epoch=pick("aals_epoch", recipe["aals_epoch"]), cam=args.cam,
         lam_cam=pick("lam_cam", preset.lam_cam), backend=args.backend, device=device,
         seed=args.seed, resume=args.resume, progress=False if args.no_progress else None,
-        sync_bn=args.sync_bn)
+        sync_bn=args.sync_bn, method=args.method)
     check_config(cfg)
     return cfg
 

@@ -25,7 +25,8 @@ from .cluster.stage import ClusterStageResult, run_cluster_stage
 from .data import (ImageDataset, RandomIdentitySampler, ReidDataset, build_train_transform)
 from .evaluation import evaluate_ranking, pairwise_distance
 from .features import extract_features
-from .losses import inter_camera_proxy_loss, pplr_classification_loss, soft_triplet_loss
+from .losses import (baseline_classification_loss, inter_camera_proxy_loss,
+                     pplr_classification_loss, soft_triplet_loss)
 from .models import PPLRNet, load_pretrained
 from .pseudo_label_quality import pseudo_label_quality
 from .utils import distributed
@@ -70,6 +71,10 @@ class TrainConfig:
     resume: str | None = None
     progress: bool | None = None
     sync_bn: bool = False
+    method: str = "pplr"      # or "baseline": hard pseudo-labels, plain CE on every head
+
+
+METHODS = ("pplr", "baseline")
 
 
 class TrainingSetupError(ValueError):
@@ -118,6 +123,8 @@ class PPLRTrainer:
         self.device = device
         self.logs = Path(config.logs_dir)
         self.train_samples = sorted(dataset.train)
+        if config.method not in METHODS:
+            raise TrainingSetupError(f"unknown method {config.method!r}; choose one of {METHODS}")
         if len(self.train_samples) < config.k1:
             raise TrainingSetupError(
                 f"the training set has {len(self.train_samples)} images, fewer than "
@@ -247,11 +254,15 @@ class PPLRTrainer:
             images = images.to(self.device, non_blocking=True)
             targets, cams = targets.to(self.device), cams.to(self.device)
             out = self.net(images)
-            loss_g, loss_p = pplr_classification_loss(
-                out.logits_g, out.logits_p, targets, scores[index.to(self.device)], beta=cfg.beta,
-                use_aals=use_aals, epsilon=0.1, backend=cfg.backend)
+            if cfg.method == "baseline":
+                loss_g, loss_p = baseline_classification_loss(out.logits_g, out.logits_p, targets)
+            else:
+                loss_g, loss_p = pplr_classification_loss(
+                    out.logits_g, out.logits_p, targets, scores[index.to(self.device)],
+                    beta=cfg.beta, use_aals=use_aals, epsilon=0.1, backend=cfg.backend)
             loss_tri = soft_triplet_loss(out.f_g, targets)
-            terms = {"pglr": loss_g, "part": loss_p, "triplet": loss_tri}
+            global_term = "global_ce" if cfg.method == "baseline" else "pglr"
+            terms = {global_term: loss_g, "part": loss_p, "triplet": loss_tri}
             if proxies is not None:
                 cam_g = inter_camera_proxy_loss(out.f_g, targets, cams, proxies["g"], proxies["pids"],
                                                 proxies["cams"])
