@@ -157,7 +157,7 @@ def plot_quality(ax, records: Sequence[dict[str, Any]]) -> None:
     for n in range(parts):
         points = [(r["epoch"], r["agreement_per_part"][n]) for r in epochs
                   if len(r.get("agreement_per_part", [])) > n]
-        ax.plot(*zip(*points), ":", label=f"agreement part {n}")
+        ax.plot(*zip(*points), ":", marker=".", label=f"agreement part {n}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("pseudo-labels vs true ids")
     ax.set_ylim(-0.05, 1.05)
