@@ -145,3 +145,39 @@ def test_train_step_benchmark_has_a_baseline_row(tmp_path):
     markdown = (tmp_path / "train_step_cpu.md").read_text()
     assert "| pplr_fast, Baseline (hard labels, plain CE) |" in markdown
     assert "without the cross-agreement step" in markdown
+
+
+def test_parts_sweep_table_and_plot(small_dataset, tmp_path):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import parts_sweep
+    finally:
+        sys.path.remove(BENCHMARKS)
+    (tmp_path / "Market-1501").symlink_to(small_dataset.root)
+    train_args = ["-d", "market1501", "--data-dir", str(tmp_path), "-a", "resnet18", "--height", "64",
+                  "--width", "32", "--epochs", "1", "--iters", "1", "-b", "16", "--k1", "10",
+                  "--k2", "3", "--k", "5", "--eps", "0.7", "--workers", "0", "--backend", "reference"]
+    with pytest.raises(SystemExit):
+        parts_sweep.main(["--parts", "1", "--", *train_args, "--parts", "2"])
+    out = tmp_path / "results"
+    result = parts_sweep.main(["--parts", "2", "--tag", "test", "--out", str(out),
+                               "--runs-dir", str(tmp_path / "runs"), "--", *train_args])
+    rows = {(r["method"], r["parts"]): r for r in result["rows"]}
+    assert set(rows) == {("pplr", 2), ("baseline", 2)}
+    for (method, parts), row in rows.items():
+        run = tmp_path / "runs" / f"{method}_parts{parts}"
+        config = json.loads((run / "config.json").read_text())
+        assert (config["method"], config["parts"], config["height"]) == (method, parts, 64)
+        logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert row["mAP"] == logged[-1]["mAP"] and 0 <= row["mAP"] <= 1
+    assert not result["synthetic"]
+    markdown = (out / "parts_sweep_test.md").read_text()
+    assert "Synthetic data" not in markdown
+    for n in (2,):
+        gap = 100 * (rows[("pplr", n)]["mAP"] - rows[("baseline", n)]["mAP"])
+        assert f"| {n} | {100 * rows[('pplr', n)]['mAP']:.1f} | " \
+               f"{100 * rows[('baseline', n)]['mAP']:.1f} | {gap:+.1f} |" in markdown
+    assert json.loads((out / "parts_sweep_test.json").read_text())["parts"] == [2]
+    from PIL import Image
+    assert Image.open(out / "parts_sweep_test.png").size[0] > 300
+    assert parts_sweep.parse_args([]).synthetic
