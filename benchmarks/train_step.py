@@ -1,4 +1,5 @@
-"""Seconds per PPLR training iteration and parameter count, reference vs fast losses.
+"""Seconds per PPLR training iteration and parameter count, reference vs fast losses,
+and the part-based Baseline's (hard pseudo-labels, plain cross-entropy on every head).
 
 The layout of the paper's cost table (SPEC §7: parameters, clustering
 s/epoch, training s/iter). One iteration is what ``PPLRTrainer.train_epoch``
@@ -14,13 +15,19 @@ which compiles the fast loss on a CPU; its time is reported apart).
 Parameters: every parameter of the network with its C-way classifiers
 (ResNet-50, C = 750, N_p = 3 gives the paper's 29.668 M).
 
+The Baseline row (``--methods`` includes ``baseline``) runs the same
+iteration with ``baseline_classification_loss`` in place of PGLR + AALS (that
+loss has one implementation for every device). Its clustering column is the
+fast backend's stage without the cross-agreement step, which only PPLR's
+losses need (the trainer still computes it for the Baseline, to log it).
+
 The clustering column comes from a ``benchmarks/cluster_stage.py`` JSON
 (``--cluster-json``, the row of size ``--cluster-n``; feature extraction is
 added when that JSON has it); without one it reads "see cluster_stage".
 
 Usage: python benchmarks/train_step.py [--arch resnet50] [--height 384] [--width 128]
        [--batch-size 64] [--num-instances 4] [--classes 750] [--parts 3]
-       [--device cpu|cuda] [--repeat 10] [--warmup 2] [--threads T]
+       [--device cpu|cuda] [--methods pplr baseline] [--repeat 10] [--warmup 2] [--threads T]
        [--cluster-json benchmarks/results/cluster_stage_cuda.json] [--cluster-n 12936]
        [--out DIR]
 CPU-sized: --arch resnet18 --height 128 --width 64 --batch-size 32
@@ -41,9 +48,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
 
 from pplr_fast.backend import BACKENDS  # noqa: E402
-from pplr_fast.losses import pplr_classification_loss, soft_triplet_loss  # noqa: E402
+from pplr_fast.config import METHODS  # noqa: E402
+from pplr_fast.losses import (baseline_classification_loss, pplr_classification_loss,  # noqa: E402
+                              soft_triplet_loss)
 from pplr_fast.models import RESNETS, PPLRNet  # noqa: E402
 
+BASELINE = "baseline"   # the ``backend`` key of the Baseline's row
 # SPEC §7: supplementary material of the paper, Market-1501, 4 TITAN RTX.
 PAPER_PPLR = {"name": "PPLR, paper (4x TITAN RTX, Market-1501, ResNet-50, 384x128, batch 64)",
               "parameters_m": 29.668, "cluster_s_per_epoch": 38.484, "train_s_per_iter": 0.202}
@@ -81,9 +91,12 @@ def train_iteration(model: PPLRNet, optimizer: torch.optim.Optimizer, batch, bac
     """Forward, PPLR losses, backward and Adam step; returns the loss."""
     images, targets, scores = batch
     out = model(images)
-    loss_global, loss_parts = pplr_classification_loss(
-        out.logits_g, out.logits_p, targets, scores, beta=0.5, use_aals=use_aals,
-        epsilon=0.1, backend=backend)
+    if backend == BASELINE:
+        loss_global, loss_parts = baseline_classification_loss(out.logits_g, out.logits_p, targets)
+    else:
+        loss_global, loss_parts = pplr_classification_loss(
+            out.logits_g, out.logits_p, targets, scores, beta=0.5, use_aals=use_aals,
+            epsilon=0.1, backend=backend)
     loss = loss_global + loss_parts + soft_triplet_loss(out.f_g, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -92,14 +105,16 @@ def train_iteration(model: PPLRNet, optimizer: torch.optim.Optimizer, batch, bac
 
 
 def measure(args: argparse.Namespace, backend: str, device: torch.device) -> dict:
-    """Seconds per iteration (median, min, first call) of one loss backend."""
+    """Seconds per iteration (median, min, first call) of one loss backend (or the Baseline)."""
     model = build_model(args, device)
     optimizer = torch.optim.Adam([{"params": list(model.backbone_parameters())},
                                   {"params": list(model.classifier_parameters())}],
                                  lr=3.5e-4, weight_decay=5e-4)
     batch = make_batch(args, device)
     use_aals = args.part_loss == "aals"
-    row = {"backend": backend, "name": f"pplr_fast, {backend} losses",
+    name = ("pplr_fast, Baseline (hard labels, plain CE)" if backend == BASELINE
+            else f"pplr_fast, {backend} losses")
+    row = {"backend": backend, "method": BASELINE if backend == BASELINE else "pplr", "name": name,
            "parameters": sum(p.numel() for p in model.parameters()),
            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     row["parameters_m"] = row["parameters"] / 1e6
@@ -135,20 +150,24 @@ def clustering_column(args: argparse.Namespace, rows: list[dict]) -> str | None:
     if not by_backend:
         raise SystemExit(f"{args.cluster_json} has no rows for N={n} (it has {sizes})")
     for row in rows:
-        measured = by_backend.get(row["backend"])
+        baseline = row["backend"] == BASELINE
+        measured = by_backend.get("fast" if baseline else row["backend"])
         if measured is None:
             row["cluster_s_per_epoch"] = "not measured"
         elif not measured["status"].startswith("ok"):
             row["cluster_s_per_epoch"] = measured["status"]
         else:
             seconds = measured["seconds"]
-            row["cluster_s_per_epoch"] = seconds["total"] + seconds.get("extract", 0.0)
+            unused = seconds.get("cross_agreement", 0.0) if baseline else 0.0
+            row["cluster_s_per_epoch"] = seconds["total"] + seconds.get("extract", 0.0) - unused
     includes = "feature extraction + clustering" if any(
         "extract" in r.get("seconds", {}) for r in by_backend.values()) else \
         "clustering only, without feature extraction"
     where = clustering["machine"].get("gpu") or clustering["machine"]["cpu"]
+    baseline = (" The Baseline's is the fast backend's without the cross-agreement step."
+                if any(r["backend"] == BASELINE for r in rows) else "")
     return (f"Clustering s/epoch: {args.cluster_json}, N = {n}, {includes}, measured on "
-            f"{where} ({clustering['config']['device']}).")
+            f"{where} ({clustering['config']['device']}).{baseline}")
 
 
 def cell(value, digits: int) -> str:
@@ -164,8 +183,8 @@ def markdown_report(result: dict) -> str:
         "",
         f"Training iteration: {config['arch']}, {config['height']}x{config['width']} inputs, "
         f"batch {config['batch_size']} = {config['batch_size'] // config['num_instances']} x "
-        f"{config['num_instances']}, N_p = {config['parts']}, C = {config['classes']}, part loss "
-        f"{config['part_loss']}; forward + losses + backward + Adam step on random images "
+        f"{config['num_instances']}, N_p = {config['parts']}, C = {config['classes']}, "
+        f"PPLR part loss {config['part_loss']}; forward + losses + backward + Adam step on random images "
         f"(no data loading); median of {config['repeat']} after {config['warmup']} warm-up.",
         *machine_lines(result["machine"]),
         f"Load average before / after: {result['load_before']} / {result['load_after']}.",
@@ -204,7 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=750, help="number of clusters C")
     parser.add_argument("--parts", type=int, default=3)
     parser.add_argument("--part-loss", choices=("aals", "ce"), default="aals")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                        help="loss backends of the PPLR rows")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="pplr: one row per --backends entry; baseline: the Baseline's row")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=10, help="timed iterations")
@@ -238,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     load_before = load_average()
     rows = []
-    for backend in args.backends:
+    runs = (list(args.backends) if "pplr" in args.methods else []) + (
+        [BASELINE] if BASELINE in args.methods else [])
+    for backend in runs:
         print(f"  {backend} losses ...", file=sys.stderr, flush=True)
         rows.append(measure(args, backend, device))
     result = {"machine": describe_machine(args.device), "load_before": load_before,

@@ -55,8 +55,12 @@ RECIPE: dict[str, Any] = dict(
     arch="resnet50", parts=3, batch_size=64, workers=2,
     epochs=50, iters=400, lr=3.5e-4, weight_decay=5e-4, step_size=20, eval_step=5,
     k1=30, k2=6, min_samples=4, k=20, beta=0.5, aals_epoch=5, label_smoothing=0.1,
-    backend=DEFAULT_BACKEND, seed=1,
+    backend=DEFAULT_BACKEND, seed=1, method="pplr",
 )
+
+# "baseline": the paper's part-based Baseline (hard pseudo-labels, plain cross-entropy on the
+# global and every part classifier), everything else as PPLR.
+METHODS = ("pplr", "baseline")
 
 # What the no-argument run (the synthetic dataset) uses instead: a ResNet-18 at
 # the synthetic images' size, few short epochs, so that it ends in about three
@@ -110,6 +114,7 @@ class TrainConfig:
     resume: str | None = None
     progress: bool | None = None     # None: progress bars only on a terminal
     sync_bn: bool = False
+    method: str = RECIPE["method"]
 
 
 def defaults_for(dataset: str, cam: bool = False) -> dict[str, Any]:
@@ -172,6 +177,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"--weight-decay must be >= 0; got {cfg.weight_decay}")
     if cfg.lam_cam < 0:
         problems.append(f"--lam-cam must be >= 0; got {cfg.lam_cam}")
+    if cfg.method not in METHODS:
+        problems.append(f"--method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
     if cfg.backend not in BACKENDS:
         problems.append(f"--backend must be one of {', '.join(BACKENDS)}; got {cfg.backend!r}")
     if cfg.pretrained and cfg.pretrained != NO_PRETRAINED and not Path(cfg.pretrained).is_file():

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .backend import BACKENDS
-from .config import (DATASET_PRESETS, DEMO_RECIPE, NO_PRETRAINED, RECIPE, ConfigError,
+from .config import (DATASET_PRESETS, DEMO_RECIPE, METHODS, NO_PRETRAINED, RECIPE, ConfigError,
                      TrainConfig, check_config, make_config)
 from .data import (DATASET_NAMES, DatasetError, ImageReadError, canonical_dataset_name,
                    create_dataset)
@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"lr x0.1 every this many epochs {_default('step_size')}")
     o.add_argument("--seed", type=int, help=f"random seed {_default('seed')}")
     c = p.add_argument_group("PPLR")
+    c.add_argument("--method", choices=METHODS,
+                   help="pplr, or baseline: the same part-based network trained with hard "
+                        "pseudo-labels (plain cross-entropy) on the global and every part "
+                        f"classifier, no PGLR, no AALS, no label smoothing {_default('method')}")
     c.add_argument("--eps", type=float,
                    help=f"DBSCAN eps {_preset('eps')}; with --cam {_preset('eps_cam')}")
     c.add_argument("--k1", type=int, help=f"Jaccard k1 {_default('k1')}")

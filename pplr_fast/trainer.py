@@ -27,8 +27,10 @@ from .data import (ImageDataset, RandomIdentitySampler, ReidDataset, build_train
 from .evaluation import evaluate_split
 from .features import extract_features
 from .gpu_fallback import drain_fallback_records
-from .losses import inter_camera_proxy_loss, pplr_classification_loss, soft_triplet_loss
+from .losses import (baseline_classification_loss, inter_camera_proxy_loss,
+                     pplr_classification_loss, soft_triplet_loss)
 from .models import PPLRNet, load_pretrained
+from .pseudo_label_quality import pseudo_label_quality
 from .utils import distributed
 from .utils.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state,
                                save_checkpoint)
@@ -277,11 +279,16 @@ class PPLRTrainer:
             images = images.to(self.device, non_blocking=True)
             targets, cams = targets.to(self.device), cams.to(self.device)
             out = self.net(images)
-            loss_g, loss_p = pplr_classification_loss(
-                out.logits_g, out.logits_p, targets, scores[index.to(self.device)], beta=cfg.beta,
-                use_aals=use_aals, epsilon=cfg.label_smoothing, backend=cfg.backend)
+            if cfg.method == "baseline":
+                loss_g, loss_p = baseline_classification_loss(out.logits_g, out.logits_p, targets)
+            else:
+                loss_g, loss_p = pplr_classification_loss(
+                    out.logits_g, out.logits_p, targets, scores[index.to(self.device)],
+                    beta=cfg.beta, use_aals=use_aals, epsilon=cfg.label_smoothing,
+                    backend=cfg.backend)
             loss_tri = soft_triplet_loss(out.f_g, targets)
-            terms = {"pglr": loss_g, "part": loss_p, "triplet": loss_tri}
+            global_term = "global_ce" if cfg.method == "baseline" else "pglr"
+            terms = {global_term: loss_g, "part": loss_p, "triplet": loss_tri}
             if proxies is not None:
                 cam_g = inter_camera_proxy_loss(out.f_g, targets, cams, proxies["g"], proxies["pids"],
                                                 proxies["cams"])
@@ -411,6 +418,9 @@ class PPLRTrainer:
         record = {"epoch": epoch, "clusters": result.num_clusters, "outliers": result.num_outliers,
                   "extract_s": extract_time, **{f"{k}_s": v for k, v in result.timings.items()},
                   "cluster_backend": result.backend, "lr": self._lr(epoch)}
+        # the true identities are read here only, for the log (never for training)
+        record.update(pseudo_label_quality(result.labels, [s[1] for s in self.train_samples],
+                                           result.scores))
         self.say(f"epoch {epoch}: {result.num_clusters} clusters, {result.num_outliers} outliers "
                  f"(clustering {result.timings['total']:.2f}s on {result.backend})")
         cams = torch.tensor([s[2] for s in self.train_samples])

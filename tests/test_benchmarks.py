@@ -201,7 +201,7 @@ def test_train_step_table(tmp_path):
     (tmp_path / "clustering.json").write_text(json.dumps(clustering))
     stdout = _run("train_step.py", "--arch", "resnet18", "--height", 64, "--width", 32,
                   "--batch-size", 8, "--repeat", 2, "--warmup", 1, "--device", "cpu",
-                  "--cluster-json", tmp_path / "clustering.json", "--out", tmp_path)
+                  "--methods", "pplr", "--cluster-json", tmp_path / "clustering.json", "--out", tmp_path)
     result = json.loads((tmp_path / "train_step_cpu.json").read_text())
     rows = _rows(result)
     assert set(rows) == {"reference", "fast"}

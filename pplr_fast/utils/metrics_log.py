@@ -33,11 +33,14 @@ class MetricsLog:
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Three panels per epoch, written as a PNG: accuracy (mAP, rank-1), pseudo-labels
-    (clusters and outliers, from 0) and the training losses (total and each term)."""
+    """Four panels per epoch, written as a PNG: accuracy (mAP, rank-1), pseudo-labels
+    (clusters and outliers, from 0), the training losses (total and each term) and the
+    pseudo-labels' quality against the true identities (pplr_fast.pseudo_label_quality)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..pseudo_label_quality import plot_quality
 
     path = Path(path)
     epochs = [r for r in records if "epoch" in r]
@@ -47,7 +50,7 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike) -> Path
                   if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         return tuple(zip(*points)) if points else None
 
-    fig, (acc, labels, losses) = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
+    fig, ((acc, labels), (losses, quality)) = plt.subplots(2, 2, figsize=(12, 8), dpi=110)
     for key, style, name in (("mAP", "o-", "mAP"), ("rank1", "s--", "rank-1")):
         if (xy := series(key, 100.0)) is not None:
             acc.plot(*xy, style, label=name)
@@ -59,11 +62,13 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike) -> Path
     labels.set(title="pseudo-labels", xlabel="epoch", ylabel="images / clusters")
     labels.set_ylim(bottom=0)
     for key, name in (("loss", "total"), ("loss_pglr", "PGLR (global)"),
+                      ("loss_global_ce", "global cross-entropy (Baseline)"),
                       ("loss_part", "part (AALS / label-smoothed CE)"), ("loss_triplet", "soft triplet"),
                       ("loss_camera", "camera (PPLR-CAM)")):
         if (xy := series(key)) is not None:
             losses.plot(*xy, "o-" if key == "loss" else ".--", label=name)
     losses.set(title="training loss (mean over the epoch)", xlabel="epoch", ylabel="loss")
+    plot_quality(quality, epochs)
     for ax in (acc, labels, losses):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
