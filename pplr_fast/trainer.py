@@ -348,8 +348,8 @@ class PPLRTrainer:
     def _read_resume(self, path: str) -> dict:
         state = load_checkpoint(path, map_location="cpu")
         saved = state.get("config", {})
-        for key in ("arch", "parts"):
-            if saved.get(key) != getattr(self.cfg, key):
+        for key in ("arch", "parts", "method"):
+            if saved.get(key, "pplr" if key == "method" else None) != getattr(self.cfg, key):
                 raise CheckpointError(
                     f"{path} was trained with --{key} {saved.get(key)}, this run asks for "
                     f"--{key} {getattr(self.cfg, key)}; resume with the same settings")
