@@ -14,17 +14,22 @@ from glob import glob
 
 from setuptools import setup
 
-try:
-    from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
-except ImportError:  # pragma: no cover - pyproject.toml lists pybind11
-    sys.exit("pplr_fast: building needs pybind11 (pip install pybind11), "
-             "or install with pip, which reads pyproject.toml.")
+# PPLR_FAST_SKIP_CPU_KERNELS=1: install without the C++ kernels (a GPU machine without
+# Python headers or pybind11); CPU tensors then run the reference path.
+SKIP_CPU_KERNELS = os.environ.get("PPLR_FAST_SKIP_CPU_KERNELS", "0") == "1"
+if not SKIP_CPU_KERNELS:
+    try:
+        from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
+    except ImportError:  # pragma: no cover - pyproject.toml lists pybind11
+        sys.exit("pplr_fast: building the C++ kernels needs pybind11, which is not installed "
+                 "here: pip install pybind11 first (with --no-build-isolation pip uses what is "
+                 "installed), or install without --no-build-isolation, or set "
+                 "PPLR_FAST_SKIP_CPU_KERNELS=1.")
+    # Compile the sources of each extension on every core (NPY_NUM_BUILD_JOBS=N caps it):
+    # the install is most of a first run's set-up time on a small machine.
+    ParallelCompile("NPY_NUM_BUILD_JOBS", default=0).install()
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-# Compile the sources of each extension on every core (NPY_NUM_BUILD_JOBS=N to cap it):
-# the install is most of a first run's set-up time on a small machine.
-ParallelCompile("NPY_NUM_BUILD_JOBS", default=0).install()
 
 
 def cpu_extensions():
@@ -59,10 +64,8 @@ setup(
     package_dir={"pplr_fast.kernels": "kernels",
                  "pplr_fast.csrc_cuda": os.path.join("csrc", "cuda")},
     package_data={"pplr_fast.csrc_cuda": ["*.cu", "*.cuh"]},
-    # PPLR_FAST_SKIP_CPU_KERNELS=1: install without the C++ kernels (a GPU
-    # machine without Python headers); CPU tensors then run the reference path.
-    ext_modules=[] if os.environ.get("PPLR_FAST_SKIP_CPU_KERNELS", "0") == "1" else cpu_extensions(),
-    cmdclass={"build_ext": build_ext},
+    ext_modules=[] if SKIP_CPU_KERNELS else cpu_extensions(),
+    cmdclass={} if SKIP_CPU_KERNELS else {"build_ext": build_ext},
     # torch is pinned by the README's install command (torch==2.13.0, the CPU
     # build on a CPU machine); here any recent torch is accepted so that a GPU
     # user's CUDA torch is kept.
