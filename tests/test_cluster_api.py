@@ -79,7 +79,9 @@ def test_one_backend_vocabulary():
     assert cluster_stage.BACKENDS is train_step.BACKENDS is backend.BACKENDS
     assert backend.DEFAULT_BACKEND in backend.BACKENDS
     flag = next(a for a in build_parser()._actions if a.dest == "backend")
-    assert tuple(flag.choices) == backend.BACKENDS and flag.default == backend.DEFAULT_BACKEND
+    assert tuple(flag.choices) == backend.BACKENDS and flag.default is None   # config decides
+    from pplr_fast.config import RECIPE, make_config
+    assert RECIPE["backend"] == make_config("synthetic").backend == backend.DEFAULT_BACKEND
     defaults = [classification.pplr_classification_loss.__kwdefaults__["backend"],
                 nearest_neighbours.__defaults__[-1], dbscan.__defaults__[-1],
                 cross_agreement.__defaults__[-1]]
