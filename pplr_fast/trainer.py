@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .cluster.stage import ClusterStageResult, run_cluster_stage
+from .cluster.distributed_stage import run_distributed_cluster_stage
+from .cluster.stage import ClusterStageResult
 from .data import (ImageDataset, RandomIdentitySampler, ReidDataset, build_train_transform)
 from .evaluation import evaluate_ranking, pairwise_distance
 from .features import extract_features
@@ -170,26 +171,18 @@ class PPLRTrainer:
                                 device=self.device, desc=desc, progress=self.cfg.progress)
 
     def cluster(self, epoch: int) -> tuple[ClusterStageResult, torch.Tensor, torch.Tensor, float]:
-        """Features of the training set and the clustering stage (on rank 0, broadcast)."""
+        """Features of the training set and the clustering stage (shared by the ranks)."""
         start = time.perf_counter()
         x_g, x_p = self.extract(self.train_samples, f"epoch {epoch}: features")
         extract_time = time.perf_counter() - start
-        n = len(self.train_samples)
-        labels = torch.empty(n, dtype=torch.int64, device=self.device)
-        scores = torch.empty(n, self.cfg.parts, device=self.device)
-        timings, backend = None, None
-        if distributed.is_main():
-            result = run_cluster_stage(x_g, x_p, eps=self.cfg.eps, k1=self.cfg.k1, k2=self.cfg.k2,
-                                       min_samples=self.cfg.min_samples, k=self.cfg.k,
-                                       backend=self.cfg.backend)
-            labels.copy_(result.labels)
-            scores.copy_(result.scores)
-            timings, backend = result.timings, result.backend
-        labels, scores = distributed.broadcast(labels), distributed.broadcast(scores)
-        timings, backend = distributed.broadcast_object((timings, backend))
+        result = run_distributed_cluster_stage(x_g, x_p, eps=self.cfg.eps, k1=self.cfg.k1,
+                                               k2=self.cfg.k2, min_samples=self.cfg.min_samples,
+                                               k=self.cfg.k, backend=self.cfg.backend,
+                                               gathered=True)
         if distributed.is_initialized():
-            self._log_rank_digest(epoch, labels, scores)
-        return ClusterStageResult(labels.cpu(), scores.cpu(), timings, backend), x_g, x_p, extract_time
+            self._log_rank_digest(epoch, result.labels, result.scores)
+        return (ClusterStageResult(result.labels.cpu(), result.scores.cpu(), result.timings,
+                                   result.backend), x_g, x_p, extract_time)
 
     def _log_rank_digest(self, epoch: int, labels: torch.Tensor, scores: torch.Tensor) -> None:
         """Each rank records a digest of the pseudo-labels it trains on (ranks must agree)."""
