@@ -363,6 +363,7 @@ Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, 
 #pragma omp parallel
     {
         Accumulator acc(n);
+        std::vector<std::pair<int64_t, float>> kept;
 #pragma omp for schedule(dynamic, 64)
         for (int64_t i = r0; i < r1; ++i) {
             for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
@@ -370,18 +371,23 @@ Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, 
                 const float v = val[p];
                 for (int64_t q = cptr[l]; q < cptr[l + 1]; ++q) acc.add(prow[q], std::min(v, pval[q]));
             }
-            std::sort(acc.touched.begin(), acc.touched.end());
-            Row& out = rows[i - r0];
+            // keep the pairs under the cutoff first, then sort those few by column
+            kept.clear();
             for (int64_t j : acc.touched) {
                 const float m = acc.sum[j];
                 acc.sum[j] = 0.0f;
                 const float dist = std::max(0.0f, 1.0f - m / (2.0f - m));
-                if (cutoff < 0 || dist <= cutoff) {
-                    out.col.push_back(j);
-                    out.val.push_back(dist);
-                }
+                if (cutoff < 0 || dist <= cutoff) kept.push_back({j, dist});
             }
             acc.touched.clear();
+            std::sort(kept.begin(), kept.end());
+            Row& out = rows[i - r0];
+            out.col.resize(kept.size());
+            out.val.resize(kept.size());
+            for (size_t t = 0; t < kept.size(); ++t) {
+                out.col[t] = kept[t].first;
+                out.val[t] = kept[t].second;
+            }
         }
     }
     return flatten(rows);

@@ -39,9 +39,12 @@ parameters; all_gather/all_to_all of unequal pieces pad them to the longest):
    rank 0 with ``dbscan_on="one"``): N·(tens) (int64, float32) pairs.
 5. ``dbscan``: on the gathered graph, on every rank (default; no further
    collective) or on rank 0 with a ``broadcast`` of the N int64 labels
-   (``dbscan_on="one"``). Both were measured (``benchmarks/cluster_stage.py
-   --ranks``): the graph is small and DBSCAN takes milliseconds, so running it
-   everywhere saves the broadcast's round trip and costs nothing.
+   (``dbscan_on="one"``). Measured (``benchmarks/cluster_stage.py --ranks``,
+   N = 12,936, K = 2): DBSCAN takes ~10 ms either way; "every" has each rank
+   receive the 1.2 MiB graph, "one" has rank 0 receive it and rank 1 the
+   0.1 MiB of labels, so the busiest rank moves the same bytes, and "every"
+   saves the broadcast's extra round trip and keeps no rank waiting on
+   another: it is the default.
 6. ``cross_agreement``: each rank scores its block from its own kNN rows;
    ``all_gather`` of B N_p float32 scores.
 
