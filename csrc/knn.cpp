@@ -60,6 +60,53 @@ static py::tuple symmetric_finish(SymmetricSelection& self, Array<float> x, int6
     return py::make_tuple(out_dist, out_index, overflow);
 }
 
+// Rows [a, b) as the candidates another rank needs: (ptr, column int32, score float32).
+static py::tuple symmetric_take_rows(SymmetricSelection& self, int64_t a, int64_t b) {
+    pplr::require(0 <= a && a <= b && b <= self.n, "rows [a, b) must lie in [0, n)");
+    std::vector<int64_t> ptr;
+    std::vector<int32_t> col;
+    std::vector<float> score;
+    {
+        py::gil_scoped_release nogil;
+        self.state->take_rows(a, b, ptr, col, score);
+    }
+    auto out_ptr = pplr::new_array<int64_t>({(py::ssize_t)ptr.size()});
+    auto out_col = pplr::new_array<int32_t>({(py::ssize_t)col.size()});
+    auto out_score = pplr::new_array<float>({(py::ssize_t)score.size()});
+    std::copy(ptr.begin(), ptr.end(), out_ptr.mutable_data());
+    std::copy(col.begin(), col.end(), out_col.mutable_data());
+    std::copy(score.begin(), score.end(), out_score.mutable_data());
+    return py::make_tuple(out_ptr, out_col, out_score);
+}
+
+static void symmetric_give_rows(SymmetricSelection& self, int64_t a, int64_t b, Array<int64_t> ptr,
+                                Array<int32_t> col, Array<float> score) {
+    pplr::require(0 <= a && a <= b && b <= self.n, "rows [a, b) must lie in [0, n)");
+    pplr::require(ptr.ndim() == 1 && ptr.shape(0) == b - a + 1, "ptr needs b - a + 1 offsets");
+    const int64_t total = ptr.data()[b - a];
+    pplr::require(ptr.data()[0] == 0 && col.shape(0) == total && score.shape(0) == total,
+                  "inconsistent candidate arrays");
+    for (int64_t q = 0; q < total; ++q)
+        pplr::require(col.data()[q] >= 0 && col.data()[q] < self.n, "a column is out of range");
+    py::gil_scoped_release nogil;
+    self.state->give_rows(a, b, ptr.data(), col.data(), score.data());
+}
+
+static py::tuple symmetric_finish_rows(SymmetricSelection& self, Array<float> x, int64_t a,
+                                       int64_t b, int64_t cap) {
+    pplr::require(x.ndim() == 2 && x.shape(0) == self.n, "x must hold the n rows");
+    pplr::require(0 <= a && a <= b && b <= self.n, "rows [a, b) must lie in [0, n)");
+    auto out_dist = pplr::new_array<double>({b - a, self.k});
+    auto out_index = pplr::new_array<int64_t>({b - a, self.k});
+    auto overflow = pplr::new_array<uint8_t>({b - a});
+    {
+        py::gil_scoped_release nogil;
+        self.state->finish_rows(a, b, x.data(), x.shape(1), cap, out_dist.mutable_data(),
+                                out_index.mutable_data(), overflow.mutable_data());
+    }
+    return py::make_tuple(out_dist, out_index, overflow);
+}
+
 PYBIND11_MODULE(_knn, m) {
     m.doc() = "Exact k-nearest-neighbour selection (CPU, OpenMP).";
     m.def("topk_from_distances", &topk_from_distances, py::arg("dist"), py::arg("k"));
@@ -68,5 +115,10 @@ PYBIND11_MODULE(_knn, m) {
              py::arg("output_roundoff"))
         .def("consume_bf16", &symmetric_consume<uint16_t>, py::arg("scores_bf16"), py::arg("r0"))
         .def("consume_fp32", &symmetric_consume<float>, py::arg("scores"), py::arg("r0"))
-        .def("finish", &symmetric_finish, py::arg("x"), py::arg("cap"));
+        .def("finish", &symmetric_finish, py::arg("x"), py::arg("cap"))
+        .def("take_rows", &symmetric_take_rows, py::arg("a"), py::arg("b"))
+        .def("give_rows", &symmetric_give_rows, py::arg("a"), py::arg("b"), py::arg("ptr"),
+             py::arg("col"), py::arg("score"))
+        .def("finish_rows", &symmetric_finish_rows, py::arg("x"), py::arg("a"), py::arg("b"),
+             py::arg("cap"));
 }

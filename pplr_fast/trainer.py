@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .cluster.distributed_stage import run_distributed_cluster_stage
 from .cluster.stage import ClusterStageResult, run_cluster_stage
 from .config import NO_PRETRAINED, TrainConfig, check_data_size
 from .data import (ImageDataset, RandomIdentitySampler, ReidDataset, build_train_transform)
@@ -203,26 +204,19 @@ class PPLRTrainer:
                                 device=self.device, desc=desc, progress=self.cfg.progress)
 
     def cluster(self, epoch: int) -> tuple[ClusterStageResult, torch.Tensor, torch.Tensor, float]:
-        """Features of the training set and the clustering stage (on rank 0, broadcast)."""
+        """Features of the training set and the clustering stage (shared by the ranks)."""
         start = time.perf_counter()
         x_g, x_p = self.extract(self.train_samples, f"epoch {epoch}: features")
         extract_time = time.perf_counter() - start
-        n = len(self.train_samples)
-        labels = torch.empty(n, dtype=torch.int64, device=self.device)
-        scores = torch.empty(n, self.cfg.parts, device=self.device)
-        timings, backend = None, None
-        if distributed.is_main():
-            result = run_cluster_stage(x_g, x_p, eps=self.cfg.eps, k1=self.cfg.k1, k2=self.cfg.k2,
-                                       min_samples=self.cfg.min_samples, k=self.cfg.k,
-                                       backend=self.cfg.backend)
-            labels.copy_(result.labels)
-            scores.copy_(result.scores)
-            timings, backend = result.timings, result.backend
-        labels, scores = distributed.broadcast(labels), distributed.broadcast(scores)
-        timings, backend = distributed.broadcast_object((timings, backend))
-        if distributed.is_initialized():
-            self._log_rank_digest(epoch, labels, scores)
-        return ClusterStageResult(labels.cpu(), scores.cpu(), timings, backend), x_g, x_p, extract_time
+        settings = dict(eps=self.cfg.eps, k1=self.cfg.k1, k2=self.cfg.k2,
+                        min_samples=self.cfg.min_samples, k=self.cfg.k, backend=self.cfg.backend)
+        if distributed.is_initialized():     # every rank computes its block of the stage
+            result = run_distributed_cluster_stage(x_g, x_p, gathered=True, **settings)
+            self._log_rank_digest(epoch, result.labels, result.scores)
+        else:
+            result = run_cluster_stage(x_g, x_p, **settings)
+        return (ClusterStageResult(result.labels.cpu(), result.scores.cpu(), result.timings,
+                                   result.backend), x_g, x_p, extract_time)
 
     def _log_rank_digest(self, epoch: int, labels: torch.Tensor, scores: torch.Tensor) -> None:
         """Each rank records a digest of the pseudo-labels it trains on (ranks must agree)."""
@@ -400,15 +394,13 @@ class PPLRTrainer:
                 self.say(f"before training: mAP {self.initial_metrics['mAP']:.1%}, "
                          f"rank-1 {self.initial_metrics['rank1']:.1%}")
         for epoch in range(self.start_epoch, cfg.epochs):
-            record = self._run_epoch(epoch)
+            self._run_epoch(epoch)
             if self.stop_requested:
                 self.save("interrupted.pth", epoch - 1, None)
                 self.say(f"stopped during epoch {epoch}; last complete epoch saved in "
                          f"{self.logs / 'last.pth'}, current weights in {self.logs / 'interrupted.pth'}."
                          f" Continue with --resume {self.logs / 'last.pth'}")
                 return {"interrupted": True, "epoch": epoch, "signal": int(self.stop_requested)}
-            if distributed.is_main():
-                self.metrics.append(record)
         return self._finish()
 
     def _run_epoch(self, epoch: int) -> dict:
@@ -461,8 +453,10 @@ class PPLRTrainer:
                          f"(best {self.best_map:.1%} at epoch {self.best_epoch})")
                 if improved:
                     self.save("best.pth", epoch, result, optimizer=False)
-        self.save("last.pth", epoch, result)
         record["epoch_s"] = time.perf_counter() - start
+        if distributed.is_main():    # the log line first: a crash after last.pth never loses it
+            self.metrics.append(record)
+        self.save("last.pth", epoch, result)
         return record
 
     def _finish(self) -> dict:

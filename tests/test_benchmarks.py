@@ -230,3 +230,22 @@ def test_losses_table(tmp_path):
     markdown = (tmp_path / "losses_cpu.md").read_text()
     assert markdown.strip() in stdout
     assert "Machine: " in markdown and "| C | variant | median ms |" in markdown
+
+
+def test_cluster_stage_ranks_rows_per_rank_and_same_labels(tmp_path):
+    _run("cluster_stage.py", "--ranks", 1, 2, "--n", 600, "--dim", 64, "--repeat", 1,
+         "--device", "cpu", "--threads", 2, "--out", tmp_path)
+    with open(tmp_path / "cluster_stage_ranks_cpu.json") as handle:
+        result = json.load(handle)
+    rows = result["rows"]
+    assert [(r["ranks"], r["dbscan_on"], r["rank"]) for r in rows] == [
+        (1, "every", 0), (2, "every", 0), (2, "every", 1), (2, "one", 0), (2, "one", 1)]
+    assert all(r["status"] == "ok" and r["same_as_one_rank"] for r in rows)
+    assert [r["rows"] for r in rows[1:3]] == [[0, 300], [300, 600]]
+    assert rows[1]["threads_per_rank"] == 1 and rows[0]["threads_per_rank"] == 2
+    assert sum(rows[0]["received"].values()) == 0 < sum(rows[1]["received"].values())
+    assert rows[4]["received"].get("dbscan", 0) > 0 == rows[3]["received"].get("dbscan", 0)
+    with open(tmp_path / "cluster_stage_ranks_cpu.md") as handle:
+        table = handle.read()
+    for column in ("threads / rank", "MiB in", "MiB out", "same as K=1", *STAGES):
+        assert column in table

@@ -10,4 +10,10 @@ namespace pplr {
 void cross_agreement_cpu(const int64_t* neigh_g, int64_t kg, const int64_t* neigh_p, int64_t kp,
                          int64_t n, int64_t k, float* scores);
 
+// cross_agreement_cpu for `rows` rows of an n-row problem, the first being row
+// first_row: the lists hold those rows only (self = first_row + row).
+void cross_agreement_rows_cpu(const int64_t* neigh_g, int64_t kg, const int64_t* neigh_p,
+                              int64_t kp, int64_t rows, int64_t first_row, int64_t n, int64_t k,
+                              float* scores);
+
 }  // namespace pplr

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace pplr {
@@ -224,6 +225,172 @@ Csr jaccard_cpu(const int64_t* crow, const int64_t* col, const float* val, int64
         }
     }
     return out;
+}
+
+namespace {
+
+// V[i] (SPEC §2.1 steps 2-4) into `out`, as encode_cpu computes it. r_half_of(c)
+// returns R(c, half) as (pointer, size); in_r1 is a zeroed n-byte scratch.
+template <typename RHalf>
+void v_row(const float* x, int64_t d, const int64_t* rank, int64_t K, int64_t len1, int64_t i,
+           RHalf r_half_of, std::vector<uint8_t>& in_r1, std::vector<int64_t>& r1,
+           std::vector<int64_t>& e, std::vector<double>& dist, Row& out) {
+    reciprocal(rank, K, i, len1, r1);
+    for (int64_t j : r1) in_r1[j] = 1;
+    e.assign(r1.begin(), r1.end());
+    for (int64_t c : r1) {
+        const auto [rc, size] = r_half_of(c);
+        int64_t overlap = 0;
+        for (int64_t t = 0; t < size; ++t) overlap += in_r1[rc[t]];
+        if (3 * overlap > 2 * size) e.insert(e.end(), rc, rc + size);
+    }
+    for (int64_t j : r1) in_r1[j] = 0;
+    std::sort(e.begin(), e.end());
+    e.erase(std::unique(e.begin(), e.end()), e.end());
+    out = Row();
+    if (e.empty()) return;
+    dist.resize(e.size());
+    double lowest = INFINITY;
+    for (size_t t = 0; t < e.size(); ++t) {
+        dist[t] = sq_distance(x + i * d, x + e[t] * d, d);
+        lowest = std::min(lowest, dist[t]);
+    }
+    double total = 0.0;
+    for (double& w : dist) total += (w = std::exp(lowest - w));
+    out.col = e;
+    out.val.resize(e.size());
+    for (size_t t = 0; t < e.size(); ++t) out.val[t] = static_cast<float>(dist[t] / total);
+}
+
+}  // namespace
+
+Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_t K,
+                    int64_t k1, int64_t half, int64_t k2, int64_t r0, int64_t r1) {
+    const int64_t len1 = std::min(k1, K), len_half = std::min(half + 1, K);
+    const int64_t len2 = k2 <= 1 ? 1 : std::min(k2, K);
+    // the rows whose V is averaged (the block rows themselves when k2 <= 1)
+    std::vector<int64_t> v_rows;
+    if (k2 <= 1) {
+        for (int64_t i = r0; i < r1; ++i) v_rows.push_back(i);
+    } else {
+        for (int64_t i = r0; i < r1; ++i)
+            for (int64_t t = 0; t < len2; ++t) v_rows.push_back(rank[i * K + t]);
+        std::sort(v_rows.begin(), v_rows.end());
+        v_rows.erase(std::unique(v_rows.begin(), v_rows.end()), v_rows.end());
+    }
+    // R(c, half) of every c among the first len1 neighbours of those rows
+    std::vector<int64_t> half_slot(n, -1), half_rows;
+    for (int64_t i : v_rows)
+        for (int64_t t = 0; t < len1; ++t) {
+            const int64_t c = rank[i * K + t];
+            if (half_slot[c] < 0) {
+                half_slot[c] = half_rows.size();
+                half_rows.push_back(c);
+            }
+        }
+    const int64_t h = half_rows.size();
+    std::vector<int64_t> r_half(h * len_half), r_half_size(h);
+#pragma omp parallel
+    {
+        std::vector<int64_t> buf;
+#pragma omp for schedule(static)
+        for (int64_t s = 0; s < h; ++s) {
+            reciprocal(rank, K, half_rows[s], len_half, buf);
+            std::copy(buf.begin(), buf.end(), r_half.begin() + s * len_half);
+            r_half_size[s] = buf.size();
+        }
+    }
+    auto r_half_of = [&](int64_t c) {
+        const int64_t s = half_slot[c];
+        return std::pair<const int64_t*, int64_t>(r_half.data() + s * len_half, r_half_size[s]);
+    };
+    std::vector<int64_t> v_slot(n, -1);
+    for (size_t s = 0; s < v_rows.size(); ++s) v_slot[v_rows[s]] = s;
+    std::vector<Row> v(v_rows.size());
+#pragma omp parallel
+    {
+        std::vector<int64_t> r1_buf, e;
+        std::vector<uint8_t> in_r1(n, 0);
+        std::vector<double> dist;
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t s = 0; s < (int64_t)v_rows.size(); ++s)
+            v_row(x, d, rank, K, len1, v_rows[s], r_half_of, in_r1, r1_buf, e, dist, v[s]);
+    }
+    if (k2 <= 1) return flatten(v);
+
+    // query expansion of the block rows, in encode_cpu's order
+    std::vector<Row> vq(r1 - r0);
+#pragma omp parallel
+    {
+        Accumulator acc(n);
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = r0; i < r1; ++i) {
+            for (int64_t t = 0; t < len2; ++t) {
+                const Row& src = v[v_slot[rank[i * K + t]]];
+                for (size_t p = 0; p < src.col.size(); ++p) acc.add(src.col[p], src.val[p]);
+            }
+            std::sort(acc.touched.begin(), acc.touched.end());
+            Row& out = vq[i - r0];
+            out.col = acc.touched;
+            out.val.resize(out.col.size());
+            for (size_t p = 0; p < out.col.size(); ++p) {
+                out.val[p] = acc.sum[out.col[p]] / static_cast<float>(len2);
+                acc.sum[out.col[p]] = 0.0f;
+            }
+            acc.touched.clear();
+        }
+    }
+    return flatten(vq);
+}
+
+Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, int64_t n,
+                     int64_t r0, int64_t r1, double cutoff) {
+    const int64_t nnz = crow[n];
+    std::vector<int64_t> cptr(n + 1, 0), prow(nnz);
+    std::vector<float> pval(nnz);
+    for (int64_t p = 0; p < nnz; ++p) ++cptr[col[p] + 1];
+    std::partial_sum(cptr.begin(), cptr.end(), cptr.begin());
+    {
+        std::vector<int64_t> cursor(cptr.begin(), cptr.end() - 1);
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
+                const int64_t q = cursor[col[p]]++;
+                prow[q] = i;
+                pval[q] = val[p];
+            }
+    }
+    std::vector<Row> rows(r1 - r0);
+#pragma omp parallel
+    {
+        Accumulator acc(n);
+        std::vector<std::pair<int64_t, float>> kept;
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = r0; i < r1; ++i) {
+            for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
+                const int64_t l = col[p];
+                const float v = val[p];
+                for (int64_t q = cptr[l]; q < cptr[l + 1]; ++q) acc.add(prow[q], std::min(v, pval[q]));
+            }
+            // keep the pairs under the cutoff first, then sort those few by column
+            kept.clear();
+            for (int64_t j : acc.touched) {
+                const float m = acc.sum[j];
+                acc.sum[j] = 0.0f;
+                const float dist = std::max(0.0f, 1.0f - m / (2.0f - m));
+                if (cutoff < 0 || dist <= cutoff) kept.push_back({j, dist});
+            }
+            acc.touched.clear();
+            std::sort(kept.begin(), kept.end());
+            Row& out = rows[i - r0];
+            out.col.resize(kept.size());
+            out.val.resize(kept.size());
+            for (size_t t = 0; t < kept.size(); ++t) {
+                out.col[t] = kept[t].first;
+                out.val[t] = kept[t].second;
+            }
+        }
+    }
+    return flatten(rows);
 }
 
 }  // namespace pplr

@@ -18,4 +18,17 @@ Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_
 Csr jaccard_cpu(const int64_t* crow, const int64_t* col, const float* val, int64_t n,
                 double cutoff);
 
+// Rows [r0, r1) of encode_cpu's V', bit for bit, from the whole kNN list:
+// only the V rows those rows average (their first k2 neighbours) and the
+// R(c, half) sets those need are computed. CSR of r1 - r0 rows.
+Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_t K,
+                    int64_t k1, int64_t half, int64_t k2, int64_t r0, int64_t r1);
+
+// Rows [r0, r1) of jaccard_cpu's result, bit for bit, from the whole V' (CSR
+// of n rows): every pair of a block row is computed from that row's side; m
+// sums the shared columns in ascending order from either side, so d(i, j) has
+// the same bits as jaccard_cpu's. CSR of r1 - r0 rows, columns sorted.
+Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, int64_t n,
+                     int64_t r0, int64_t r1, double cutoff);
+
 }  // namespace pplr

@@ -147,4 +147,58 @@ void SymmetricTopK::finish(const float* x, int64_t d, int64_t cap, double* out_d
     }
 }
 
+void SymmetricTopK::take_rows(int64_t a, int64_t b, std::vector<int64_t>& ptr,
+                              std::vector<int32_t>& col, std::vector<float>& score) {
+    ptr.assign(b - a + 1, 0);
+    for (int64_t i = a; i < b; ++i) {
+        const Row& r = rows_[i];
+        int64_t kept = 0;
+        for (const auto& c : r.cand) kept += c.first >= r.floor;
+        ptr[i - a + 1] = ptr[i - a] + kept;
+    }
+    col.resize(ptr.back());
+    score.resize(ptr.back());
+#pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t i = a; i < b; ++i) {
+        Row& r = rows_[i];
+        int64_t q = ptr[i - a];
+        for (const auto& c : r.cand)
+            if (c.first >= r.floor) {
+                col[q] = c.second;
+                score[q++] = c.first;
+            }
+        r = Row();
+    }
+}
+
+void SymmetricTopK::give_rows(int64_t a, int64_t b, const int64_t* ptr, const int32_t* col,
+                              const float* score) {
+#pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t i = a; i < b; ++i)
+        for (int64_t q = ptr[i - a]; q < ptr[i - a + 1]; ++q) offer(i, score[q], col[q]);
+}
+
+void SymmetricTopK::finish_rows(int64_t a, int64_t b, const float* x, int64_t d, int64_t cap,
+                                double* out_dist, int64_t* out_index, uint8_t* overflow) {
+#pragma omp parallel
+    {
+        std::vector<Entry> cand;
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t i = a; i < b; ++i) {
+            Row& r = rows_[i];
+            const int64_t o = i - a;
+            cand.clear();
+            for (const auto& c : r.cand)
+                if (c.first >= r.floor) cand.push_back({0.0, c.second});
+            overflow[o] = static_cast<int64_t>(cand.size()) > cap;
+            if (!overflow[o]) {
+                const float* xi = x + i * d;
+                for (auto& c : cand) c.first = sq_distance(xi, x + c.second * d, d);
+                emit_smallest(cand, k_, out_dist + o * k_, out_index + o * k_);
+            }
+            r = Row();
+        }
+    }
+}
+
 }  // namespace pplr

@@ -34,6 +34,21 @@ class SymmetricTopK {
     void finish(const float* x, int64_t d, int64_t cap, double* out_dist, int64_t* out_index,
                 uint8_t* overflow);
 
+    // Several ranks may each consume part of the upper triangle (their strips)
+    // into their own selection; then the rank that finishes rows [a, b) collects
+    // what the others saw of them. take_rows: every column of rows [a, b) that
+    // can still reach the top-k, as CSR (ptr: b - a + 1 offsets) of (column,
+    // score); the rows are released. give_rows offers such pairs to this
+    // selection. finish_rows is finish() for rows [a, b) only. The result is the
+    // exact top-k whichever rank consumed which strip: every floor is derived
+    // from scores the row really has, so no true neighbour is ever dropped.
+    void take_rows(int64_t a, int64_t b, std::vector<int64_t>& ptr, std::vector<int32_t>& col,
+                   std::vector<float>& score);
+    void give_rows(int64_t a, int64_t b, const int64_t* ptr, const int32_t* col,
+                   const float* score);
+    void finish_rows(int64_t a, int64_t b, const float* x, int64_t d, int64_t cap,
+                     double* out_dist, int64_t* out_index, uint8_t* overflow);
+
   private:
     struct Row {
         std::vector<float> heap;                         // min-heap of the k best scores

@@ -164,3 +164,91 @@ def cross_agreement(x_g: torch.Tensor, x_p: torch.Tensor, k: int) -> torch.Tenso
     rank_g = nearest_neighbours(x_g, size)[1]
     ranks_p = [nearest_neighbours(x_p[:, :, p], size)[1] for p in range(x_p.shape[2])]
     return cross_agreement_from_neighbours(rank_g, ranks_p, k)
+
+
+# ---------------------------------------------------------------- row blocks (distributed stage)
+class NeighbourStrips:
+    """The fast kNN split into strips, for ranks that share the work.
+
+    A strip is rows [r0, r1) against columns [r0, N): one GEMM block of the
+    upper triangle, which serves its rows and, transposed, its columns (as in
+    :func:`nearest_neighbours`). Each rank consumes its strips, hands every
+    other rank what it saw of that rank's rows (:meth:`take_rows`, a sparse set
+    of (column, score) candidates per row), takes what the others saw of its
+    own rows (:meth:`give_rows`), and finishes them (:meth:`finish_rows`): the
+    exact kNN rows of its block, equal to :func:`nearest_neighbours`' rows bit
+    for bit, whichever rank consumed which strip.
+    """
+
+    def __init__(self, x: torch.Tensor, k: int):
+        from pplr_fast import _knn
+        self.x = x.float().contiguous()
+        self.n = self.x.shape[0]
+        self.k = min(k, self.n)
+        if cpu_has_native_bf16():
+            self.x_low, roundoff, self.score_bytes = self.x.bfloat16(), 2.0 ** -8, 2
+        else:
+            self.x_low, roundoff, self.score_bytes = self.x, 0.0, 4
+        bounds = rounding_error_bounds(self.x, self.x_low, 2.0 ** -24).numpy()
+        self.selection = _knn.SymmetricTopK(self.n, self.k, bounds, roundoff)
+
+    def add_strip(self, r0: int, r1: int) -> None:
+        """Consume rows [r0, r1) x columns [r0, N), in blocks of at most BLOCK_BYTES."""
+        block = block_rows(self.n, self.score_bytes)
+        for b0 in range(r0, r1, block):
+            b1 = min(r1, b0 + block)
+            with ieee_matmul():
+                scores = self.x_low[b0:b1] @ self.x_low[b0:].T
+            if self.score_bytes == 2:
+                self.selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), b0)
+            else:
+                self.selection.consume_fp32(scores.numpy(), b0)
+            del scores
+
+    def take_rows(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidates of rows [a, b) as CSR ``(ptr int64, col int32, score float32)``; the
+        rows are released here."""
+        return tuple(torch.from_numpy(t) for t in self.selection.take_rows(a, b))
+
+    def give_rows(self, a: int, b: int, ptr: torch.Tensor, col: torch.Tensor,
+                  score: torch.Tensor) -> None:
+        """Offer candidates of rows [a, b) that another rank took."""
+        self.selection.give_rows(a, b, ptr.numpy(), col.numpy(), score.numpy())
+
+    def finish_rows(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact ``(dist, index)`` of rows [a, b), as :func:`nearest_neighbours` returns them."""
+        dist, index, overflow = self.selection.finish_rows(self.x.numpy(), a, b,
+                                                           common.CANDIDATE_CAP)
+        overflowing = np.flatnonzero(overflow)
+        step = block_rows(self.n, 8)
+        for s0 in range(0, len(overflowing), step):
+            rows = overflowing[s0:s0 + step]
+            dist[rows], index[rows] = exact_rows_topk(self.x, rows + a, self.k)
+        return torch.from_numpy(dist), torch.from_numpy(index)
+
+
+def encode_rows(x: torch.Tensor, rank: torch.Tensor, k1: int, k2: int, r0: int, r1: int):
+    """Rows [r0, r1) of :func:`encode`'s V' (numpy CSR), from the whole kNN lists."""
+    from pplr_fast import _jaccard
+    return _jaccard.encode_rows(x.float().contiguous().numpy(), rank.contiguous().numpy(),
+                                k1, round(k1 / 2), k2, r0, r1)
+
+
+def jaccard_rows(encoding, r0: int, r1: int, max_distance: float | None):
+    """Rows [r0, r1) of :func:`jaccard_pairs`' CSR ``(crow, col, val)`` (numpy), from the
+    whole V'."""
+    from pplr_fast import _jaccard
+    cutoff = -1.0 if max_distance is None else float(max_distance)
+    return _jaccard.jaccard_rows(*encoding, r0, r1, cutoff)
+
+
+def cross_agreement_of_rows(rank_g: torch.Tensor, ranks_p: list[torch.Tensor], k: int,
+                            first_row: int, n: int) -> torch.Tensor:
+    """Rows [first_row, first_row + len(rank_g)) of :func:`cross_agreement_from_neighbours`,
+    from those rows' kNN lists only."""
+    from pplr_fast import _cross_agreement
+    if not ranks_p:
+        return torch.zeros(rank_g.shape[0], 0, dtype=torch.float32)
+    g = rank_g.contiguous().numpy()
+    return torch.stack([torch.from_numpy(_cross_agreement.cross_agreement_rows(
+        g, p.contiguous().numpy(), k, first_row, n)) for p in ranks_p], dim=1)

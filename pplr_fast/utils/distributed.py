@@ -1,9 +1,10 @@
 """torch.distributed glue: one process without torchrun behaves exactly as before.
 
 Under ``torchrun --nproc_per_node=K`` every rank runs the trainer; feature
-extraction is sharded and gathered, the clustering stage runs on rank 0 and
-its pseudo-labels and scores are broadcast, the sampler splits identity groups
-across ranks, and only rank 0 logs and writes checkpoints.
+extraction is sharded and gathered, the ranks share the clustering stage
+(``pplr_fast.cluster.distributed_stage``) and all get the same pseudo-labels and
+scores, the sampler splits identity groups across ranks, and only rank 0 logs
+and writes checkpoints.
 """
 from __future__ import annotations
 

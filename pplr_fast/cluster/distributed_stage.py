@@ -1,0 +1,439 @@
+"""The clustering stage of one epoch shared by the ranks of a ``torch.distributed`` job.
+
+:func:`run_distributed_cluster_stage` gives every rank the same pseudo-labels
+and scores as :func:`pplr_fast.cluster.run_cluster_stage` in one process, bit
+for bit, while each of K ranks does about 1/K of the work. Rank r owns the
+rows of its block ``[o_r, o_r + B_r)`` (the blocks of the ranks in rank order,
+B_r = the rows it passed; with ``gathered=True`` the split of
+``utils.distributed.shard_range``: ``[N r / K, N (r + 1) / K)``). Blocks may
+be empty.
+
+Steps, the collective each uses and what it moves, per rank (N rows, D
+dimensions, N_p parts, B = the largest block, k1 and k from the stage's
+parameters; all_gather/all_to_all of unequal pieces pad them to the longest):
+
+1. ``features``: ``all_gather`` of every block of X_g and X_p, (1 + N_p) B D
+   floats from every rank (skipped with ``gathered=True``: the trainer's
+   sharded extraction already gathered them). Each rank then holds the whole
+   features: memory O(N·D) per rank (a ring exchange that keeps O(N·D / K)
+   is not implemented).
+2. ``knn_global`` / ``knn_parts`` (fast CPU path): the upper triangle of each
+   space's score matrix is cut into 2K row strips (rows [s0, s1) x columns
+   [s0, N)); rank r computes strips r and 2K - 1 - r, which together are
+   1/K of the GEMM (the strips shrink as s0 grows), so every rank does the
+   single process's half-matrix GEMM divided by K. Each strip serves its rows
+   and, transposed, its columns, so a rank sees part of every row; one
+   ``all_to_all_single`` per space sends every rank the (column, score)
+   candidates of its rows that this rank found (the few columns per row
+   that can still reach the exact top-k: 8 bytes each), and each rank
+   finishes its block with the exact fp64 re-rank. Other backends (the
+   reference path, CUDA tensors): the exact fp64 distances of the block to
+   every row and a stable sort (no communication; an fp64 GEMM, slow on
+   GPUs with weak fp64).
+3. ``encoding``: ``all_gather`` of the global kNN lists, N k1 int64 (every
+   row's V needs its neighbours' lists); each rank encodes its block (V'
+   rows) and ``all_gather`` shares them: V' is sparse, ~N·(a few hundred)
+   (int64 column, float32 value) pairs in all.
+4. ``jaccard``: each rank computes the Jaccard rows of its block, keeping the
+   pairs within eps; they are gathered (``all_gather``, or ``gather`` to
+   rank 0 with ``dbscan_on="one"``): N·(tens) (int64, float32) pairs.
+5. ``dbscan``: on the gathered graph, on every rank (default; no further
+   collective) or on rank 0 with a ``broadcast`` of the N int64 labels
+   (``dbscan_on="one"``). Measured (``benchmarks/cluster_stage.py --ranks``,
+   N = 12,936, K = 2): DBSCAN takes ~10 ms either way; "every" has each rank
+   receive the 1.2 MiB graph, "one" has rank 0 receive it and rank 1 the
+   0.1 MiB of labels, so the busiest rank moves the same bytes, and "every"
+   saves the broadcast's extra round trip and keeps no rank waiting on
+   another: it is the default.
+6. ``cross_agreement``: each rank scores its block from its own kNN rows;
+   ``all_gather`` of B N_p float32 scores.
+
+Other backends: steps 3-6 run whole on every rank from the gathered kNN lists
+(``all_gather`` of the global and part lists), which are O(N·k) and cheap next
+to the kNN.
+
+Failures: after each step's local work the ranks agree (a one-float
+``all_reduce``) on whether any of them failed; if one did, every rank raises
+:class:`DistributedStageError` naming the rank and the step, instead of
+waiting in the next collective. A rank that dies outright makes the others'
+next collective fail (gloo: the connection drops) or time out after the
+process group's ``timeout`` (``init_process_group(timeout=...)``); that too
+is raised as :class:`DistributedStageError`.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from . import api
+from .checks import ClusterInputError, check_jaccard_args, check_k, check_part_features
+from .sparse_distance import SparseDistance
+from .stage import STAGES, ClusterStageResult
+
+DBSCAN_ON = ("every", "one")
+
+
+class DistributedStageError(RuntimeError):
+    """The distributed clustering stage failed on some rank; raised on every rank."""
+
+
+@dataclass
+class DistributedStageResult(ClusterStageResult):
+    """:class:`ClusterStageResult` of one rank, with what it did and moved."""
+
+    rows: tuple = (0, 0)                  # this rank's block [r0, r1)
+    world_size: int = 1
+    received_bytes: dict = field(default_factory=dict)   # per stage, bytes this rank received
+    sent_bytes: dict = field(default_factory=dict)       # per stage, bytes this rank sent
+
+
+def block_bounds(counts: list[int]) -> list[int]:
+    """Offsets of consecutive blocks of ``counts`` rows: [0, c0, c0 + c1, ..., N]."""
+    bounds = [0]
+    for c in counts:
+        bounds.append(bounds[-1] + c)
+    return bounds
+
+
+def strips_of(rank: int, world: int, n: int) -> list[tuple[int, int]]:
+    """The two upper-triangle row strips rank ``rank`` computes: strips r and 2K-1-r of 2K."""
+    cut = [n * j // (2 * world) for j in range(2 * world + 1)]
+    return [(cut[j], cut[j + 1]) for j in (rank, 2 * world - 1 - rank)]
+
+
+class _Ranks:
+    """The collectives of the stage: failure agreement, byte counts, timings."""
+
+    def __init__(self, group, device: torch.device):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        nccl = dist.get_backend(group) == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        self.step = "start"
+        self.received: dict[str, int] = {}
+        self.sent: dict[str, int] = {}
+        self.timings: dict[str, float] = {}
+        self.data_device = device
+
+    # -------------------------------------------------------------- bookkeeping
+    def _count(self, sent: int, received: int) -> None:
+        self.sent[self.step] = self.sent.get(self.step, 0) + sent
+        self.received[self.step] = self.received.get(self.step, 0) + received
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time a stage (local work and collectives); collectives inside count under it."""
+        self.step = name
+        if self.data_device.type == "cuda":
+            torch.cuda.synchronize(self.data_device)
+        start = time.perf_counter()
+        yield
+        if self.data_device.type == "cuda":
+            torch.cuda.synchronize(self.data_device)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    @contextmanager
+    def local(self, what: str):
+        """Local work of one rank; afterwards every rank learns whether any rank failed."""
+        error = None
+        try:
+            yield
+        except Exception as err:       # noqa: BLE001 - reported to every rank, then re-raised
+            error = err
+        self.agree(what, error)
+
+    def agree(self, what: str, error: BaseException | None) -> None:
+        flag = torch.tensor([float(self.rank + 1) if error is not None else 0.0],
+                            device=self.device)
+        self._collective(lambda: dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group))
+        failed = int(flag.item())
+        if not failed:
+            return
+        who = failed - 1
+        if error is not None:
+            raise DistributedStageError(
+                f"clustering stage: rank {self.rank} failed in {what} "
+                f"({type(error).__name__}: {error}); every rank stops") from error
+        raise DistributedStageError(
+            f"clustering stage: rank {who} failed in {what}; every rank stops (see rank {who}'s "
+            "error for the cause)")
+
+    def _collective(self, run):
+        try:
+            return run()
+        except DistributedStageError:
+            raise
+        except (RuntimeError, dist.DistBackendError) as err:
+            raise DistributedStageError(
+                f"clustering stage, rank {self.rank}: a collective in step {self.step!r} failed "
+                f"(another rank stopped, or the process group's timeout passed): "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+
+    # -------------------------------------------------------------- collectives
+    def all_gather_object(self, obj) -> list:
+        out = [None] * self.world
+        self._collective(lambda: dist.all_gather_object(out, obj, group=self.group))
+        return out
+
+    def all_gather_rows(self, block: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Concatenate every rank's block (``counts[r]`` rows each) on every rank."""
+        longest = max(counts)
+        padded = block.new_zeros((longest, *block.shape[1:]), device=self.device)
+        padded[:block.shape[0]] = block.to(self.device)
+        pieces = [torch.empty_like(padded) for _ in range(self.world)]
+        if longest:
+            self._collective(lambda: dist.all_gather(pieces, padded.contiguous(), group=self.group))
+        piece_bytes = padded.numel() * padded.element_size()
+        self._count(piece_bytes * (self.world - 1), piece_bytes * (self.world - 1))
+        return torch.cat([p[:c] for p, c in zip(pieces, counts)]).to(self.data_device)
+
+    def all_gather_varying(self, piece: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's 1-D ``piece`` (lengths may differ), in rank order, on every rank."""
+        lengths = self.all_gather_rows(torch.tensor([[piece.shape[0]]], device=self.device),
+                                       [1] * self.world).flatten().tolist()
+        gathered = self.all_gather_rows(piece[:, None], [int(c) for c in lengths])
+        return list(torch.split(gathered.flatten(), [int(c) for c in lengths]))
+
+    def gather_varying(self, piece: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every rank's 1-D ``piece`` on rank 0 (None elsewhere)."""
+        lengths = self.all_gather_rows(torch.tensor([[piece.shape[0]]], device=self.device),
+                                       [1] * self.world).flatten().tolist()
+        longest = int(max(lengths))
+        padded = piece.new_zeros(longest, device=self.device)
+        padded[:piece.shape[0]] = piece.to(self.device)
+        pieces = [torch.empty_like(padded) for _ in range(self.world)] if self.rank == 0 else None
+        self._collective(lambda: dist.gather(padded, pieces, dst=0, group=self.group))
+        piece_bytes = padded.numel() * padded.element_size()
+        self._count(0 if self.rank == 0 else piece_bytes,
+                    piece_bytes * (self.world - 1) if self.rank == 0 else 0)
+        if self.rank != 0:
+            return None
+        return [p[:int(c)].to(self.data_device) for p, c in zip(pieces, lengths)]
+
+    def all_to_all(self, pieces: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Send ``pieces[s]`` (1-D, one dtype) to rank s; returns what each rank sent here."""
+        lengths = torch.tensor([p.shape[0] for p in pieces], dtype=torch.int64, device=self.device)
+        incoming = torch.empty_like(lengths)
+        self._collective(lambda: dist.all_to_all_single(incoming, lengths, group=self.group))
+        send = torch.cat(pieces).to(self.device)
+        out_sizes, in_sizes = incoming.tolist(), lengths.tolist()
+        received = send.new_empty(sum(out_sizes))
+        self._collective(lambda: dist.all_to_all_single(received, send, out_sizes, in_sizes,
+                                                        group=self.group))
+        size = send.element_size()
+        self._count(size * (sum(in_sizes) - in_sizes[self.rank]),
+                    size * (sum(out_sizes) - out_sizes[self.rank]))
+        return list(torch.split(received.to(self.data_device), out_sizes))
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        moved = tensor.to(self.device)
+        self._collective(lambda: dist.broadcast(moved, src=0, group=self.group))
+        nbytes = moved.numel() * moved.element_size()
+        self._count(nbytes * (self.world - 1) if self.rank == 0 else 0,
+                    0 if self.rank == 0 else nbytes)
+        return moved.to(self.data_device)
+
+
+# ------------------------------------------------------------------ kNN
+def _strip_neighbours(ranks: _Ranks, x: torch.Tensor, k: int, bounds: list[int]
+                      ) -> torch.Tensor:
+    """Index rows (B_r, min(k, N)) of this rank's block, from the shared strips."""
+    n = x.shape[0]
+    with ranks.local("the kNN strips"):
+        strips = api.neighbour_strips(x, k)
+        for s0, s1 in strips_of(ranks.rank, ranks.world, n):
+            strips.add_strip(s0, s1)
+        taken = [strips.take_rows(bounds[s], bounds[s + 1]) if s != ranks.rank else None
+                 for s in range(ranks.world)]
+    empty_ptr = torch.zeros(1, dtype=torch.int64)
+    ptrs = ranks.all_to_all([t[0] if t is not None else empty_ptr for t in taken])
+    cols = ranks.all_to_all([t[1] if t is not None else torch.zeros(0, dtype=torch.int32)
+                             for t in taken])
+    scores = ranks.all_to_all([t[2] if t is not None else torch.zeros(0, dtype=torch.float32)
+                               for t in taken])
+    r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
+    with ranks.local("the kNN of the block"):
+        for s in range(ranks.world):
+            if s != ranks.rank:
+                strips.give_rows(r0, r1, ptrs[s], cols[s], scores[s])
+        index = strips.finish_rows(r0, r1)[1]
+    return index
+
+
+def _block_neighbours(ranks: _Ranks, x: torch.Tensor, k: int, bounds: list[int], strips: bool
+                      ) -> torch.Tensor:
+    if strips:
+        return _strip_neighbours(ranks, x, k, bounds)
+    r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
+    with ranks.local("the kNN of the block"):
+        index = api.nearest_neighbours_of_rows(x, k, r0, r1)[1]
+    return index
+
+
+# ------------------------------------------------------------------ the stage
+def _csr_rows(crow: torch.Tensor) -> torch.Tensor:
+    return crow[1:] - crow[:-1]
+
+
+def _gather_csr(ranks: _Ranks, crow, col, val, everywhere: bool):
+    """The CSR rows of every block, concatenated (on every rank, or on rank 0 only)."""
+    counts = _csr_rows(torch.as_tensor(crow))
+    gather = ranks.all_gather_varying if everywhere else ranks.gather_varying
+    parts = [gather(counts), gather(torch.as_tensor(col)), gather(torch.as_tensor(val))]
+    if parts[0] is None:
+        return None
+    counts, col, val = (torch.cat(p) for p in parts)
+    crow = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(counts, 0)
+    return crow, col, val
+
+
+def _check_same_arguments(ranks: _Ranks, signature: tuple) -> None:
+    seen = ranks.all_gather_object(signature)
+    for r, other in enumerate(seen):
+        if other != seen[0]:
+            raise DistributedStageError(
+                f"clustering stage: rank {r} was called with {other} but rank 0 with {seen[0]} "
+                "(eps, k1, k2, min_samples, k, backend, D, N_p, feature dtype); every rank "
+                "must pass the same settings")
+
+
+def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float,
+                                  k1: int = 30, k2: int = 6, min_samples: int = 4, k: int = 20,
+                                  backend: str = api.DEFAULT_BACKEND, gathered: bool = False,
+                                  dbscan_on: str = "every", group=None
+                                  ) -> DistributedStageResult:
+    """Pseudo-labels and cross-agreement scores of the whole training set on every rank.
+
+    Call it on every rank of an initialised process group (gloo for CPU
+    tensors, NCCL for CUDA tensors). Without a process group it is
+    :func:`run_cluster_stage` (one rank).
+
+    Args:
+        x_g, x_p: with ``gathered=False``, this rank's block of the global
+            (B_r, D) and part (B_r, D, N_p) features (L2-normalised rows; the
+            blocks of ranks 0, 1, ... in order make the training set; a block
+            may be empty); with ``gathered=True``, the whole (N, D) and
+            (N, D, N_p) features, the same on every rank.
+        eps, k1, k2, min_samples, k, backend: as in :func:`run_cluster_stage`.
+        dbscan_on: ``"every"`` rank runs DBSCAN on the gathered graph, or
+            ``"one"`` (rank 0) runs it and broadcasts the labels.
+        group: the process group (default: the world).
+
+    Returns:
+        The same labels (N,) and scores (N, N_p) on every rank; ``timings``
+        are this rank's, ``received_bytes`` / ``sent_bytes`` what it moved.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        from .stage import run_cluster_stage
+        result = run_cluster_stage(x_g, x_p, eps=eps, k1=k1, k2=k2, min_samples=min_samples,
+                                   k=k, backend=backend)
+        n = result.labels.shape[0]
+        return DistributedStageResult(result.labels, result.scores, result.timings,
+                                      result.backend, rows=(0, n), world_size=1)
+    if dbscan_on not in DBSCAN_ON:
+        raise ClusterInputError(f"dbscan_on must be one of {DBSCAN_ON}, got {dbscan_on!r}")
+    device = x_g.device
+    ranks = _Ranks(group, device)
+    start = time.perf_counter()
+    signature = (float(eps), k1, k2, min_samples, k, backend,
+                 tuple(x_g.shape[1:]), tuple(x_p.shape[1:]) if x_p.dim() == 3 else None,
+                 str(x_g.dtype), bool(gathered), dbscan_on)
+    _check_same_arguments(ranks, signature)
+
+    with ranks.stage("features"):
+        if gathered:
+            n = x_g.shape[0]
+            counts = [n * (r + 1) // ranks.world - n * r // ranks.world for r in range(ranks.world)]
+        else:
+            counts = [int(c) for c in ranks.all_gather_object(int(x_g.shape[0]))]
+            with ranks.local("the feature block"):
+                if x_p.dim() != 3 or x_p.shape[0] != x_g.shape[0]:
+                    raise ClusterInputError(
+                        f"x_g has {x_g.shape[0]} rows but x_p has shape {tuple(x_p.shape)}; "
+                        "pass this rank's block of both, (B, D) and (B, D, N_p)")
+            x_g = ranks.all_gather_rows(x_g.contiguous(), counts)
+            x_p = ranks.all_gather_rows(x_p.contiguous(), counts)
+        bounds = block_bounds(counts)
+        n = bounds[-1]
+        with ranks.local("the input checks"):
+            check_part_features(x_g, x_p)
+            check_jaccard_args(k1, k2, None)
+            check_k("k", k)
+            check_k("min_samples", min_samples)
+            if not 0 < eps < 1:
+                raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
+            chosen = api.resolve_backend(backend, device, "cluster stage")
+            strips = api.splits_rows(chosen, device)
+    r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
+
+    with ranks.stage("knn_global"):
+        rank_block = _block_neighbours(ranks, x_g, max(k1, k + 1), bounds, strips)
+    with ranks.stage("knn_parts"):
+        ranks_p_block = [_block_neighbours(ranks, x_p[:, :, p].contiguous(), k + 1, bounds, strips)
+                         for p in range(x_p.shape[2])]
+    if strips:
+        labels, scores = _split_rest(ranks, x_g, rank_block, ranks_p_block, bounds, eps, k1, k2,
+                                     min_samples, k, dbscan_on)
+    else:
+        labels, scores = _whole_rest(ranks, x_g, rank_block, ranks_p_block, counts, eps, k1, k2,
+                                     min_samples, k, chosen)
+    timings = {stage: ranks.timings.get(stage, 0.0) for stage in ("features", *STAGES)}
+    timings["total"] = time.perf_counter() - start
+    return DistributedStageResult(labels, scores, timings, chosen, rows=(r0, r1),
+                                  world_size=ranks.world, received_bytes=dict(ranks.received),
+                                  sent_bytes=dict(ranks.sent))
+
+
+def _split_rest(ranks: _Ranks, x_g, rank_block, ranks_p_block, bounds, eps, k1, k2, min_samples,
+                k, dbscan_on):
+    """Steps 3-6 with the row-block kernels (fast CPU path)."""
+    n = x_g.shape[0]
+    r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
+    counts = [bounds[s + 1] - bounds[s] for s in range(ranks.world)]
+    with ranks.stage("encoding"):
+        rank_all = ranks.all_gather_rows(rank_block[:, :min(k1, n)].contiguous(), counts)
+        with ranks.local("the encoding of the block"):
+            encoding = api.encode_rows(x_g, rank_all, k1, k2, r0, r1)
+        encoding = _gather_csr(ranks, *encoding, everywhere=True)
+    with ranks.stage("jaccard"):
+        with ranks.local("the Jaccard rows of the block"):
+            pairs = api.jaccard_rows(tuple(t.numpy() for t in encoding), r0, r1, eps)
+        del encoding
+        graph = _gather_csr(ranks, *pairs, everywhere=dbscan_on == "every")
+    with ranks.stage("dbscan"):
+        labels = None
+        with ranks.local("DBSCAN"):
+            if graph is not None:
+                labels = api.dbscan(SparseDistance(n, *graph, cutoff=eps), eps, min_samples, "fast")
+        if dbscan_on == "one":
+            labels = ranks.broadcast(labels if labels is not None
+                                     else torch.empty(n, dtype=torch.int64))
+    with ranks.stage("cross_agreement"):
+        with ranks.local("the cross-agreement of the block"):
+            block_scores = api.cross_agreement_of_rows(rank_block, ranks_p_block, k, r0, n)
+        scores = ranks.all_gather_rows(block_scores, counts)
+    return labels, scores
+
+
+def _whole_rest(ranks: _Ranks, x_g, rank_block, ranks_p_block, counts, eps, k1, k2, min_samples,
+                k, chosen):
+    """Steps 3-6 whole on every rank from the gathered kNN lists (reference path, GPUs)."""
+    with ranks.stage("encoding"):
+        rank_all = ranks.all_gather_rows(rank_block, counts)
+    with ranks.stage("jaccard"):
+        with ranks.local("the Jaccard distances"):
+            distance = api.jaccard_from_neighbours(x_g, rank_all, k1, k2, eps, chosen)
+    with ranks.stage("dbscan"):
+        with ranks.local("DBSCAN"):
+            labels = api.dbscan(distance, eps, min_samples, chosen)
+    with ranks.stage("cross_agreement"):
+        ranks_p = [ranks.all_gather_rows(r, counts) for r in ranks_p_block]
+        with ranks.local("the cross-agreement"):
+            scores = api.cross_agreement_from_neighbours(rank_all, ranks_p, k, chosen)
+    return labels, scores

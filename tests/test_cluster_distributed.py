@@ -1,0 +1,161 @@
+"""The clustering stage across 2 gloo ranks equals the one-process stage bit for bit.
+
+Every case starts the ranks as subprocesses (``tests/distributed_stage_worker.py``),
+compares each rank's labels and scores with ``run_cluster_stage`` in this
+process, and checks that a rank failing mid-stage stops every rank promptly
+with a clear error.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pplr_fast.cluster import run_cluster_stage
+from pplr_fast.cluster.distributed_stage import strips_of
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_stage_worker.py")
+PARAMS = dict(eps=0.6, k1=30, k2=6, min_samples=4, k=20)
+
+
+def clustered_features(n: int, dim: int = 24, parts: int = 2, seed: int = 0):
+    """Identities with noisy members, normalised; part features share the identities."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, max(1, n // 10), (n,), generator=g)
+    centres = torch.randn(max(1, n // 10), dim, parts + 1, generator=g)
+    x = centres[ids] + 0.45 * torch.randn(n, dim, parts + 1, generator=g)
+    x = F.normalize(x, dim=1)
+    return x[:, :, 0].contiguous(), x[:, :, 1:].contiguous()
+
+
+def with_duplicates(x_g, x_p, rows):
+    """Rows ``rows`` become exact copies of the first of them (duplicated images)."""
+    x_g, x_p = x_g.clone(), x_p.clone()
+    x_g[rows] = x_g[rows[0]].clone()
+    x_p[rows] = x_p[rows[0]].clone()
+    return x_g, x_p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(tmp_path, x_g, x_p, *, counts=None, gathered=False, params=None, fail="none",
+              fail_rank=1, timeout=60.0, world=2):
+    """Start ``world`` ranks; returns ([result per rank or None], [stderr per rank], seconds)."""
+    params = dict(PARAMS, **(params or {}))
+    n = x_g.shape[0]
+    counts = counts or [n * (r + 1) // world - n * r // world for r in range(world)]
+    inputs = str(tmp_path / "inputs.pt")
+    torch.save({"x_g": x_g, "x_p": x_p, "counts": counts, "gathered": gathered,
+                "params": params}, inputs)
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(WORKER)), os.environ.get("PYTHONPATH", "")]))
+    start = time.perf_counter()
+    procs = [subprocess.Popen(
+        [sys.executable, WORKER, "--rank", str(r), "--world", str(world), "--port", str(port),
+         "--inputs", inputs, "--out", str(tmp_path / f"rank{r}.pt"), "--fail", fail,
+         "--fail-rank", str(fail_rank), "--timeout", str(timeout)],
+        env=env, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    errors = []
+    for p in procs:
+        try:
+            errors.append(p.communicate(timeout=timeout + 60)[1])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError("a rank hung past its timeout")
+    seconds = time.perf_counter() - start
+    results = [torch.load(tmp_path / f"rank{r}.pt") if p.returncode == 0 else None
+               for r, p in enumerate(procs)]
+    return results, errors, seconds
+
+
+def one_process(x_g, x_p, params=None, backend="fast"):
+    return run_cluster_stage(x_g, x_p, backend=backend, **dict(PARAMS, **(params or {})))
+
+
+def assert_same_as_one_process(results, errors, expected):
+    for r, (result, err) in enumerate(zip(results, errors)):
+        assert result is not None, f"rank {r} failed:\n{err}"
+        assert torch.equal(result["labels"], expected.labels), f"rank {r}: labels differ"
+        assert torch.equal(result["scores"], expected.scores), f"rank {r}: scores differ"
+
+
+def test_strips_cover_the_upper_triangle_once_in_equal_shares():
+    for world in (1, 2, 3, 4):
+        for n in (0, 1, 7, 1000, 1001):
+            strips = [s for r in range(world) for s in strips_of(r, world, n)]
+            covered = sorted(strips)
+            assert covered[0][0] == 0 and covered[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))
+            if n >= 1000:
+                work = [sum((s1 - s0) * (n - s0) for s0, s1 in strips_of(r, world, n))
+                        for r in range(world)]
+                assert max(work) < 1.01 * min(work) + n
+
+
+def test_two_ranks_odd_n_with_duplicates_across_the_boundary(tmp_path):
+    n = 2001
+    x_g, x_p = clustered_features(n, seed=1)
+    boundary = n // 2
+    x_g, x_p = with_duplicates(x_g, x_p, list(range(boundary - 3, boundary + 4)))
+    x_g, x_p = with_duplicates(x_g, x_p, [5, 1500, 1999])
+    expected = one_process(x_g, x_p)
+    assert 2 <= expected.num_clusters and 0 < expected.num_outliers < n   # a non-trivial graph
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p)
+    assert_same_as_one_process(results, errors, expected)
+    assert [r["rows"] for r in results] == [(0, boundary), (boundary, n)]
+    assert results[0]["received"]["knn_global"] > 0      # candidates did travel
+
+
+def test_two_ranks_gathered_features_and_dbscan_on_one_rank(tmp_path):
+    x_g, x_p = clustered_features(1500, parts=3, seed=2)
+    expected = one_process(x_g, x_p)
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p, gathered=True,
+                                   params={"dbscan_on": "one"})
+    assert_same_as_one_process(results, errors, expected)
+    assert "features" not in results[1]["received"]       # nothing gathered twice
+
+
+@pytest.mark.parametrize("n, counts", [(1, [0, 1]), (3, [3, 0]), (40, [0, 40]), (41, [17, 24])])
+def test_two_ranks_tiny_n_and_an_empty_block(tmp_path, n, counts):
+    x_g, x_p = clustered_features(n, seed=3)
+    params = {"eps": 0.7}
+    expected = one_process(x_g, x_p, params)
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p, counts=counts, params=params)
+    assert_same_as_one_process(results, errors, expected)
+
+
+def test_two_ranks_reference_backend(tmp_path):
+    x_g, x_p = clustered_features(300, seed=4)
+    x_g, x_p = with_duplicates(x_g, x_p, [148, 149, 150, 151])
+    expected = one_process(x_g, x_p, backend="reference")
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p, params={"backend": "reference"})
+    assert_same_as_one_process(results, errors, expected)
+
+
+def test_a_rank_that_raises_stops_every_rank_with_a_clear_error(tmp_path):
+    x_g, x_p = clustered_features(600, seed=5)
+    results, errors, seconds = run_ranks(tmp_path, x_g, x_p, fail="raise", timeout=120)
+    assert results == [None, None]
+    assert "rank 1 failed in the encoding of the block (RuntimeError: injected failure)" in errors[1]
+    assert "rank 1 failed in the encoding of the block" in errors[0]
+    assert seconds < 60          # promptly, long before the 120 s timeout
+
+
+def test_a_rank_that_dies_makes_the_others_raise_instead_of_hanging(tmp_path):
+    x_g, x_p = clustered_features(600, seed=6)
+    results, errors, seconds = run_ranks(tmp_path, x_g, x_p, fail="exit", timeout=20)
+    assert results == [None, None]
+    assert "STAGE ERROR" in errors[0] and "a collective in step 'encoding' failed" in errors[0]
+    assert seconds < 60
