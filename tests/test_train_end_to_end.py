@@ -94,7 +94,8 @@ def test_cli_bad_setup_is_a_message_and_writes_nothing(small_dataset, tmp_path):
 
 def test_cli_missing_dataset_shows_expected_layout(tmp_path):
     with pytest.raises(SystemExit) as err:
-        train_main(["-d", "market1501", "--data-dir", str(tmp_path), "--logs-dir", str(tmp_path / "x")])
+        train_main(["-d", "market1501", "--data-dir", str(tmp_path), "--logs-dir", str(tmp_path / "x"),
+                    "--pretrained", "none"])
     message = str(err.value)
     assert "Market-1501" in message and "bounding_box_train" in message
 

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -53,6 +54,40 @@ struct Csr {
     std::vector<int64_t> crow, col;
     std::vector<float> val;
 };
+
+// One sparse row (columns ascending where a kernel needs it) of a matrix built row by row.
+struct SparseRow {
+    std::vector<int64_t> col;
+    std::vector<float> val;
+};
+
+// The rows as one CSR; each row is released once copied.
+inline Csr csr_from_rows(std::vector<SparseRow>& rows) {
+    Csr m;
+    m.crow.assign(rows.size() + 1, 0);
+    for (size_t i = 0; i < rows.size(); ++i) m.crow[i + 1] = m.crow[i] + rows[i].col.size();
+    m.col.resize(m.crow.back());
+    m.val.resize(m.crow.back());
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < (int64_t)rows.size(); ++i) {
+        std::copy(rows[i].col.begin(), rows[i].col.end(), m.col.begin() + m.crow[i]);
+        std::copy(rows[i].val.begin(), rows[i].val.end(), m.val.begin() + m.crow[i]);
+        rows[i] = SparseRow();
+    }
+    return m;
+}
+
+// R(i, k) of the k-reciprocal encoding, for a list length len: the entries j of the first
+// len of rank's row i (rank is n x K) whose own first len entries hold i, in rank order.
+inline void reciprocal_neighbours(const int64_t* rank, int64_t K, int64_t i, int64_t len,
+                                  std::vector<int64_t>& out) {
+    out.clear();
+    for (int64_t t = 0; t < len; ++t) {
+        const int64_t j = rank[i * K + t];
+        const int64_t* back = rank + j * K;
+        if (std::find(back, back + len, i) != back + len) out.push_back(j);
+    }
+}
 
 inline py::tuple csr_to_numpy(Csr&& m) {
     auto crow = new_array<int64_t>({(py::ssize_t)m.crow.size()});

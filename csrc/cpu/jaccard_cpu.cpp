@@ -12,43 +12,7 @@ namespace pplr {
 
 namespace {
 
-// Rows of `rank` (n x K): is i among the first len entries of row j?
-inline bool listed(const int64_t* rank, int64_t K, int64_t j, int64_t i, int64_t len) {
-    const int64_t* r = rank + j * K;
-    for (int64_t t = 0; t < len; ++t)
-        if (r[t] == i) return true;
-    return false;
-}
-
-// R(i, k) for list length len = min(k + 1, K): the reciprocal entries of F(i, k).
-void reciprocal(const int64_t* rank, int64_t K, int64_t i, int64_t len,
-                std::vector<int64_t>& out) {
-    out.clear();
-    for (int64_t t = 0; t < len; ++t) {
-        const int64_t j = rank[i * K + t];
-        if (listed(rank, K, j, i, len)) out.push_back(j);
-    }
-}
-
-struct Row {
-    std::vector<int64_t> col;
-    std::vector<float> val;
-};
-
-Csr flatten(std::vector<Row>& rows) {
-    Csr m;
-    m.crow.assign(rows.size() + 1, 0);
-    for (size_t i = 0; i < rows.size(); ++i) m.crow[i + 1] = m.crow[i] + rows[i].col.size();
-    m.col.resize(m.crow.back());
-    m.val.resize(m.crow.back());
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < (int64_t)rows.size(); ++i) {
-        std::copy(rows[i].col.begin(), rows[i].col.end(), m.col.begin() + m.crow[i]);
-        std::copy(rows[i].val.begin(), rows[i].val.end(), m.val.begin() + m.crow[i]);
-        rows[i] = Row();
-    }
-    return m;
-}
+using Row = SparseRow;
 
 // A dense accumulator that remembers which slots it touched (all additions
 // are > 0, so a zero slot is an untouched one).
@@ -62,23 +26,110 @@ struct Accumulator {
     }
 };
 
+// V[i] (SPEC §2.1 steps 2-4) into `out`. r_half_of(c)
+// returns R(c, half) as (pointer, size); in_r1 is a zeroed n-byte scratch.
+template <typename RHalf>
+void v_row(const float* x, int64_t d, const int64_t* rank, int64_t K, int64_t len1, int64_t i,
+           RHalf r_half_of, std::vector<uint8_t>& in_r1, std::vector<int64_t>& r1,
+           std::vector<int64_t>& e, std::vector<double>& dist, Row& out) {
+    reciprocal_neighbours(rank, K, i, len1, r1);
+    for (int64_t j : r1) in_r1[j] = 1;
+    e.assign(r1.begin(), r1.end());
+    for (int64_t c : r1) {
+        const auto [rc, size] = r_half_of(c);
+        int64_t overlap = 0;
+        for (int64_t t = 0; t < size; ++t) overlap += in_r1[rc[t]];
+        if (3 * overlap > 2 * size) e.insert(e.end(), rc, rc + size);
+    }
+    for (int64_t j : r1) in_r1[j] = 0;
+    std::sort(e.begin(), e.end());
+    e.erase(std::unique(e.begin(), e.end()), e.end());
+    out = Row();
+    if (e.empty()) return;
+    dist.resize(e.size());
+    double lowest = INFINITY;
+    for (size_t t = 0; t < e.size(); ++t) {
+        dist[t] = sq_distance(x + i * d, x + e[t] * d, d);
+        lowest = std::min(lowest, dist[t]);
+    }
+    double total = 0.0;
+    for (double& w : dist) total += (w = std::exp(lowest - w));
+    out.col = e;
+    out.val.resize(e.size());
+    for (size_t t = 0; t < e.size(); ++t) out.val[t] = static_cast<float>(dist[t] / total);
+}
+
+
+// R(c, half) of every c in `rows`, stored rows.size() x len_half with counts.
+void reciprocal_table(const int64_t* rank, int64_t K, const std::vector<int64_t>& rows,
+                      int64_t len_half, std::vector<int64_t>& table, std::vector<int64_t>& size) {
+    const int64_t h = rows.size();
+    table.assign(h * len_half, 0);
+    size.assign(h, 0);
+#pragma omp parallel
+    {
+        std::vector<int64_t> buf;
+#pragma omp for schedule(static)
+        for (int64_t s = 0; s < h; ++s) {
+            reciprocal_neighbours(rank, K, rows[s], len_half, buf);
+            std::copy(buf.begin(), buf.end(), table.begin() + s * len_half);
+            size[s] = buf.size();
+        }
+    }
+}
+
+// V'[i] = mean of V[rank[i, t]] for t < len2 (added in kNN order) into `out`;
+// v_of(j) returns the Row V[j].
+template <typename VOf>
+void expand_row(Accumulator& acc, VOf v_of, const int64_t* rank, int64_t K, int64_t i,
+                int64_t len2, Row& out) {
+    for (int64_t t = 0; t < len2; ++t) {
+        const Row& src = v_of(rank[i * K + t]);
+        for (size_t p = 0; p < src.col.size(); ++p) acc.add(src.col[p], src.val[p]);
+    }
+    std::sort(acc.touched.begin(), acc.touched.end());
+    out.col = acc.touched;
+    out.val.resize(out.col.size());
+    for (size_t p = 0; p < out.col.size(); ++p) {
+        out.val[p] = acc.sum[out.col[p]] / static_cast<float>(len2);
+        acc.sum[out.col[p]] = 0.0f;
+    }
+    acc.touched.clear();
+}
+
+// The inverted index of a CSR V': for each column, the rows (ascending) holding it.
+struct Postings {
+    std::vector<int64_t> cptr, prow;
+    std::vector<float> pval;
+};
+
+Postings postings(const int64_t* crow, const int64_t* col, const float* val, int64_t n) {
+    const int64_t nnz = crow[n];
+    Postings post{std::vector<int64_t>(n + 1, 0), std::vector<int64_t>(nnz),
+                  std::vector<float>(nnz)};
+    for (int64_t p = 0; p < nnz; ++p) ++post.cptr[col[p] + 1];
+    std::partial_sum(post.cptr.begin(), post.cptr.end(), post.cptr.begin());
+    std::vector<int64_t> cursor(post.cptr.begin(), post.cptr.end() - 1);
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
+            const int64_t q = cursor[col[p]]++;
+            post.prow[q] = i;
+            post.pval[q] = val[p];
+        }
+    return post;
+}
+
 }  // namespace
 
 Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_t K,
                int64_t k1, int64_t half, int64_t k2) {
     const int64_t len1 = std::min(k1, K), len_half = std::min(half + 1, K);
-    // R(c, half) for every c, stored n x len_half with counts.
-    std::vector<int64_t> r_half(n * len_half), r_half_size(n);
-#pragma omp parallel
-    {
-        std::vector<int64_t> buf;
-#pragma omp for schedule(static)
-        for (int64_t c = 0; c < n; ++c) {
-            reciprocal(rank, K, c, len_half, buf);
-            std::copy(buf.begin(), buf.end(), r_half.begin() + c * len_half);
-            r_half_size[c] = buf.size();
-        }
-    }
+    std::vector<int64_t> all(n), r_half, r_half_size;
+    std::iota(all.begin(), all.end(), int64_t{0});
+    reciprocal_table(rank, K, all, len_half, r_half, r_half_size);
+    auto r_half_of = [&](int64_t c) {
+        return std::pair<const int64_t*, int64_t>(r_half.data() + c * len_half, r_half_size[c]);
+    };
     std::vector<Row> v(n);
 #pragma omp parallel
     {
@@ -86,36 +137,10 @@ Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_
         std::vector<uint8_t> in_r1(n, 0);
         std::vector<double> dist;
 #pragma omp for schedule(dynamic, 64)
-        for (int64_t i = 0; i < n; ++i) {
-            reciprocal(rank, K, i, len1, r1);
-            for (int64_t j : r1) in_r1[j] = 1;
-            e.assign(r1.begin(), r1.end());
-            for (int64_t c : r1) {
-                const int64_t* rc = r_half.data() + c * len_half;
-                const int64_t size = r_half_size[c];
-                int64_t overlap = 0;
-                for (int64_t t = 0; t < size; ++t) overlap += in_r1[rc[t]];
-                if (3 * overlap > 2 * size) e.insert(e.end(), rc, rc + size);
-            }
-            for (int64_t j : r1) in_r1[j] = 0;
-            std::sort(e.begin(), e.end());
-            e.erase(std::unique(e.begin(), e.end()), e.end());
-            if (e.empty()) continue;
-            // softmax of -d over E(i), shifted by the smallest distance
-            dist.resize(e.size());
-            double lowest = INFINITY;
-            for (size_t t = 0; t < e.size(); ++t) {
-                dist[t] = sq_distance(x + i * d, x + e[t] * d, d);
-                lowest = std::min(lowest, dist[t]);
-            }
-            double total = 0.0;
-            for (double& w : dist) total += (w = std::exp(lowest - w));
-            v[i].col = e;
-            v[i].val.resize(e.size());
-            for (size_t t = 0; t < e.size(); ++t) v[i].val[t] = static_cast<float>(dist[t] / total);
-        }
+        for (int64_t i = 0; i < n; ++i)
+            v_row(x, d, rank, K, len1, i, r_half_of, in_r1, r1, e, dist, v[i]);
     }
-    if (k2 <= 1) return flatten(v);
+    if (k2 <= 1) return csr_from_rows(v);
 
     // query expansion: V'[i] = mean of V[rank[i, t]] for t < k2
     const int64_t len2 = std::min(k2, K);
@@ -124,42 +149,18 @@ Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_
     {
         Accumulator acc(n);
 #pragma omp for schedule(dynamic, 64)
-        for (int64_t i = 0; i < n; ++i) {
-            for (int64_t t = 0; t < len2; ++t) {
-                const Row& src = v[rank[i * K + t]];
-                for (size_t p = 0; p < src.col.size(); ++p) acc.add(src.col[p], src.val[p]);
-            }
-            std::sort(acc.touched.begin(), acc.touched.end());
-            Row& out = vq[i];
-            out.col = acc.touched;
-            out.val.resize(out.col.size());
-            for (size_t p = 0; p < out.col.size(); ++p) {
-                out.val[p] = acc.sum[out.col[p]] / static_cast<float>(len2);
-                acc.sum[out.col[p]] = 0.0f;
-            }
-            acc.touched.clear();
-        }
+        for (int64_t i = 0; i < n; ++i)
+            expand_row(acc, [&](int64_t j) -> const Row& { return v[j]; }, rank, K, i, len2, vq[i]);
     }
-    return flatten(vq);
+    return csr_from_rows(vq);
 }
 
 Csr jaccard_cpu(const int64_t* crow, const int64_t* col, const float* val, int64_t n,
                 double cutoff) {
-    const int64_t nnz = crow[n];
-    // inverted index: for each column, the rows (ascending) holding it
-    std::vector<int64_t> cptr(n + 1, 0), prow(nnz);
-    std::vector<float> pval(nnz);
-    for (int64_t p = 0; p < nnz; ++p) ++cptr[col[p] + 1];
-    std::partial_sum(cptr.begin(), cptr.end(), cptr.begin());
-    {
-        std::vector<int64_t> cursor(cptr.begin(), cptr.end() - 1);
-        for (int64_t i = 0; i < n; ++i)
-            for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
-                const int64_t q = cursor[col[p]]++;
-                prow[q] = i;
-                pval[q] = val[p];
-            }
-    }
+    const Postings post = postings(crow, col, val, n);
+    const std::vector<int64_t>& cptr = post.cptr;
+    const std::vector<int64_t>& prow = post.prow;
+    const std::vector<float>& pval = post.pval;
     // upper triangle (j >= i), row by row, with a dense accumulator per thread
     struct Pair { int64_t i, j; float d; };
     const int threads = omp_get_max_threads();
@@ -227,42 +228,6 @@ Csr jaccard_cpu(const int64_t* crow, const int64_t* col, const float* val, int64
     return out;
 }
 
-namespace {
-
-// V[i] (SPEC §2.1 steps 2-4) into `out`, as encode_cpu computes it. r_half_of(c)
-// returns R(c, half) as (pointer, size); in_r1 is a zeroed n-byte scratch.
-template <typename RHalf>
-void v_row(const float* x, int64_t d, const int64_t* rank, int64_t K, int64_t len1, int64_t i,
-           RHalf r_half_of, std::vector<uint8_t>& in_r1, std::vector<int64_t>& r1,
-           std::vector<int64_t>& e, std::vector<double>& dist, Row& out) {
-    reciprocal(rank, K, i, len1, r1);
-    for (int64_t j : r1) in_r1[j] = 1;
-    e.assign(r1.begin(), r1.end());
-    for (int64_t c : r1) {
-        const auto [rc, size] = r_half_of(c);
-        int64_t overlap = 0;
-        for (int64_t t = 0; t < size; ++t) overlap += in_r1[rc[t]];
-        if (3 * overlap > 2 * size) e.insert(e.end(), rc, rc + size);
-    }
-    for (int64_t j : r1) in_r1[j] = 0;
-    std::sort(e.begin(), e.end());
-    e.erase(std::unique(e.begin(), e.end()), e.end());
-    out = Row();
-    if (e.empty()) return;
-    dist.resize(e.size());
-    double lowest = INFINITY;
-    for (size_t t = 0; t < e.size(); ++t) {
-        dist[t] = sq_distance(x + i * d, x + e[t] * d, d);
-        lowest = std::min(lowest, dist[t]);
-    }
-    double total = 0.0;
-    for (double& w : dist) total += (w = std::exp(lowest - w));
-    out.col = e;
-    out.val.resize(e.size());
-    for (size_t t = 0; t < e.size(); ++t) out.val[t] = static_cast<float>(dist[t] / total);
-}
-
-}  // namespace
 
 Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_t K,
                     int64_t k1, int64_t half, int64_t k2, int64_t r0, int64_t r1) {
@@ -288,18 +253,8 @@ Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, i
                 half_rows.push_back(c);
             }
         }
-    const int64_t h = half_rows.size();
-    std::vector<int64_t> r_half(h * len_half), r_half_size(h);
-#pragma omp parallel
-    {
-        std::vector<int64_t> buf;
-#pragma omp for schedule(static)
-        for (int64_t s = 0; s < h; ++s) {
-            reciprocal(rank, K, half_rows[s], len_half, buf);
-            std::copy(buf.begin(), buf.end(), r_half.begin() + s * len_half);
-            r_half_size[s] = buf.size();
-        }
-    }
+    std::vector<int64_t> r_half, r_half_size;
+    reciprocal_table(rank, K, half_rows, len_half, r_half, r_half_size);
     auto r_half_of = [&](int64_t c) {
         const int64_t s = half_slot[c];
         return std::pair<const int64_t*, int64_t>(r_half.data() + s * len_half, r_half_size[s]);
@@ -316,7 +271,7 @@ Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, i
         for (int64_t s = 0; s < (int64_t)v_rows.size(); ++s)
             v_row(x, d, rank, K, len1, v_rows[s], r_half_of, in_r1, r1_buf, e, dist, v[s]);
     }
-    if (k2 <= 1) return flatten(v);
+    if (k2 <= 1) return csr_from_rows(v);
 
     // query expansion of the block rows, in encode_cpu's order
     std::vector<Row> vq(r1 - r0);
@@ -324,41 +279,19 @@ Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, i
     {
         Accumulator acc(n);
 #pragma omp for schedule(dynamic, 64)
-        for (int64_t i = r0; i < r1; ++i) {
-            for (int64_t t = 0; t < len2; ++t) {
-                const Row& src = v[v_slot[rank[i * K + t]]];
-                for (size_t p = 0; p < src.col.size(); ++p) acc.add(src.col[p], src.val[p]);
-            }
-            std::sort(acc.touched.begin(), acc.touched.end());
-            Row& out = vq[i - r0];
-            out.col = acc.touched;
-            out.val.resize(out.col.size());
-            for (size_t p = 0; p < out.col.size(); ++p) {
-                out.val[p] = acc.sum[out.col[p]] / static_cast<float>(len2);
-                acc.sum[out.col[p]] = 0.0f;
-            }
-            acc.touched.clear();
-        }
+        for (int64_t i = r0; i < r1; ++i)
+            expand_row(acc, [&](int64_t j) -> const Row& { return v[v_slot[j]]; }, rank, K, i, len2,
+                       vq[i - r0]);
     }
-    return flatten(vq);
+    return csr_from_rows(vq);
 }
 
 Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, int64_t n,
                      int64_t r0, int64_t r1, double cutoff) {
-    const int64_t nnz = crow[n];
-    std::vector<int64_t> cptr(n + 1, 0), prow(nnz);
-    std::vector<float> pval(nnz);
-    for (int64_t p = 0; p < nnz; ++p) ++cptr[col[p] + 1];
-    std::partial_sum(cptr.begin(), cptr.end(), cptr.begin());
-    {
-        std::vector<int64_t> cursor(cptr.begin(), cptr.end() - 1);
-        for (int64_t i = 0; i < n; ++i)
-            for (int64_t p = crow[i]; p < crow[i + 1]; ++p) {
-                const int64_t q = cursor[col[p]]++;
-                prow[q] = i;
-                pval[q] = val[p];
-            }
-    }
+    const Postings post = postings(crow, col, val, n);
+    const std::vector<int64_t>& cptr = post.cptr;
+    const std::vector<int64_t>& prow = post.prow;
+    const std::vector<float>& pval = post.pval;
     std::vector<Row> rows(r1 - r0);
 #pragma omp parallel
     {
@@ -390,7 +323,7 @@ Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, 
             }
         }
     }
-    return flatten(rows);
+    return csr_from_rows(rows);
 }
 
 }  // namespace pplr

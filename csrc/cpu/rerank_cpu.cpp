@@ -160,36 +160,6 @@ void select_smallest(const float* row, int64_t n, int64_t K, float* best, int64_
     }
 }
 
-// R(i, k): the entries of the first len ranks of i that list i among their first len.
-void reciprocal(const int64_t* rank, int64_t K, int64_t i, int64_t len, std::vector<int64_t>& out) {
-    out.clear();
-    for (int64_t t = 0; t < len; ++t) {
-        const int64_t j = rank[i * K + t];
-        const int64_t* back = rank + j * K;
-        if (std::find(back, back + len, i) != back + len) out.push_back(j);
-    }
-}
-
-struct SparseRow {
-    std::vector<int64_t> col;
-    std::vector<float> val;
-};
-
-Csr to_csr(std::vector<SparseRow>& rows) {
-    Csr m;
-    m.crow.assign(rows.size() + 1, 0);
-    for (size_t i = 0; i < rows.size(); ++i) m.crow[i + 1] = m.crow[i] + rows[i].col.size();
-    m.col.resize(m.crow.back());
-    m.val.resize(m.crow.back());
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < (int64_t)rows.size(); ++i) {
-        std::copy(rows[i].col.begin(), rows[i].col.end(), m.col.begin() + m.crow[i]);
-        std::copy(rows[i].val.begin(), rows[i].val.end(), m.val.begin() + m.crow[i]);
-        rows[i] = SparseRow();
-    }
-    return m;
-}
-
 // A dense double accumulator that lists the slots it touched.
 struct Accumulator {
     std::vector<double> sum;
@@ -291,7 +261,7 @@ Csr expansion_cpu(const int64_t* rank, int64_t n, int64_t K, int64_t len1, int64
         std::vector<int64_t> buf;
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < n; ++c) {
-            reciprocal(rank, K, c, len_half, buf);
+            reciprocal_neighbours(rank, K, c, len_half, buf);
             std::copy(buf.begin(), buf.end(), half.begin() + c * len_half);
             half_size[c] = buf.size();
         }
@@ -303,7 +273,7 @@ Csr expansion_cpu(const int64_t* rank, int64_t n, int64_t K, int64_t len1, int64
         std::vector<uint8_t> in_r1(n, 0);
 #pragma omp for schedule(dynamic, 64)
         for (int64_t i = 0; i < n; ++i) {
-            reciprocal(rank, K, i, len1, r1);
+            reciprocal_neighbours(rank, K, i, len1, r1);
             for (int64_t j : r1) in_r1[j] = 1;
             e = r1;
             for (int64_t c : r1) {
@@ -319,7 +289,7 @@ Csr expansion_cpu(const int64_t* rank, int64_t n, int64_t K, int64_t len1, int64
             sets[i].col = e;
         }
     }
-    Csr out = to_csr(sets);
+    Csr out = csr_from_rows(sets);
     out.val.clear();
     return out;
 }
@@ -349,7 +319,7 @@ Csr query_expansion(const int64_t* crow, const int64_t* col, const float* val, i
             acc.drain(expanded[i], 1.0 / static_cast<double>(len2));
         }
     }
-    return to_csr(expanded);
+    return csr_from_rows(expanded);
 }
 
 // For each column, the gallery rows q .. n-1 holding it (as g = row - q, ascending) and their values.
@@ -396,7 +366,7 @@ Csr query_gallery_overlap_cpu(const int64_t* crow, const int64_t* col, const flo
             acc.drain(found[i], 1.0);
         }
     }
-    return to_csr(found);
+    return csr_from_rows(found);
 }
 
 namespace {
