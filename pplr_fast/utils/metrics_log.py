@@ -39,6 +39,7 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike) -> Path
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from ..pseudo_label_quality import plot_quality
 
@@ -69,6 +70,9 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike) -> Path
             losses.plot(*xy, "o-" if key == "loss" else ".--", label=name)
     losses.set(title="training loss (mean over the epoch)", xlabel="epoch", ylabel="loss")
     plot_quality(quality, epochs)
+    quality.set_title("pseudo-labels against the true identities")
+    for ax in (acc, labels, losses, quality):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (acc, labels, losses):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
