@@ -43,20 +43,23 @@ def _implementation(backend: str, device: torch.device, op: str):
 
 
 # ---------------------------------------------------------------- kNN
-def nearest_neighbours(x: torch.Tensor, k: int, backend: str = DEFAULT_BACKEND
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbours(x: torch.Tensor, k: int, backend: str = DEFAULT_BACKEND, *,
+                       check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k nearest neighbours of every row of ``x`` among the rows of ``x``.
 
     Args:
         x: (N, D) L2-normalised features.
         k: neighbours per row, the row itself included; clamped to N.
         backend: ``"reference"`` or ``"fast"``.
+        check: validate ``x`` (finite, L2-normalised rows: a pass over it);
+            ``False`` when the caller already has (the clustering stage).
 
     Returns:
         ``(dist, index)``, both (N, min(k, N)): float64 squared distances and
         int64 indices, each row sorted by ``(dist, index)``.
     """
-    check_features(x)
+    if check:
+        check_features(x)
     check_k("k", k)
     return _implementation(backend, x.device, "knn").nearest_neighbours(x, k)
 
@@ -91,7 +94,8 @@ def jaccard_distance(x: torch.Tensor, k1: int = 30, k2: int = 6, backend: str = 
 
 def jaccard_from_neighbours(x: torch.Tensor, rank: torch.Tensor, k1: int = 30, k2: int = 6,
                             max_distance: float | None = None, backend: str = DEFAULT_BACKEND,
-                            *, timer: Timer = no_timer) -> torch.Tensor | SparseDistance:
+                            *, timer: Timer = no_timer, check: bool = True
+                            ) -> torch.Tensor | SparseDistance:
     """:func:`jaccard_distance` from precomputed kNN lists.
 
     Args:
@@ -104,8 +108,10 @@ def jaccard_from_neighbours(x: torch.Tensor, rank: torch.Tensor, k1: int = 30, k
             wraps; the encoding (V') runs under ``"encoding"``, the pairwise
             distances under ``"jaccard"`` (a backend that does both in one
             pass times it all as ``"jaccard"``).
+        check: validate ``x`` (as in :func:`nearest_neighbours`).
     """
-    check_features(x)
+    if check:
+        check_features(x)
     check_jaccard_args(k1, k2, max_distance)
     n = x.shape[0]
     check_neighbour_lists(rank, n, min(k1, n), x.device)

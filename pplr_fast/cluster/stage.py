@@ -93,13 +93,14 @@ def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: i
                     "use --backend fast (sparse, O(N·k) memory)")
     clock = _Clock(x_g.device)
     start = time.perf_counter()
+    # the features were checked above, once: the ops skip their own pass over them
     with clock("knn_global"):
-        _, rank = nearest_neighbours(x_g, max(k1, k + 1), chosen)
+        _, rank = nearest_neighbours(x_g, max(k1, k + 1), chosen, check=False)
     with clock("knn_parts"):
-        ranks_p = [nearest_neighbours(x_p[:, :, p].contiguous(), k + 1, chosen)[1]
+        ranks_p = [nearest_neighbours(x_p[:, :, p].contiguous(), k + 1, chosen, check=False)[1]
                    for p in range(x_p.shape[2])]
     # times "encoding" and "jaccard" (the GPU path does both in one pass: "jaccard")
-    distance = jaccard_from_neighbours(x_g, rank, k1, k2, eps, chosen, timer=clock)
+    distance = jaccard_from_neighbours(x_g, rank, k1, k2, eps, chosen, timer=clock, check=False)
     with clock("dbscan"):
         labels = dbscan(distance, eps, min_samples, chosen)
     with clock("cross_agreement"):
