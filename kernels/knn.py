@@ -193,22 +193,6 @@ def _knn_filter_kernel(x_ptr, bound_ptr, list_score_ptr, list_col_ptr, count_ptr
     tl.store(full_ptr + local, (full | now_full).to(tl.int8))
 
 
-def rounding_error_bounds(x: torch.Tensor, x_low: torch.Tensor) -> torch.Tensor:
-    """Per-row c_i of the module docstring (float64), from fp32 norms inflated by D 2^-24."""
-    d = x.shape[1]
-    slack = 1 + 2 * (d + 1) * 2.0 ** -24
-    rho = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    norm = torch.empty_like(rho)
-    step = max(1, 2 ** 26 // max(1, d))
-    for r0 in range(0, x.shape[0], step):
-        rho[r0:r0 + step] = (x_low[r0:r0 + step].float() - x[r0:r0 + step]).norm(dim=1)
-        norm[r0:r0 + step] = x[r0:r0 + step].norm(dim=1)
-    rho, norm = rho.double() * slack, norm.double() * slack
-    big, rho_max = norm.max(), rho.max()
-    accumulation = 1.01 * d * ACCUMULATE_ROUNDOFF * ((norm + rho) * (big + rho_max) + norm * big)
-    return rho * big + norm * rho_max + rho * rho_max + accumulation + 1e-6
-
-
 def list_capacity(k: int) -> int:
     """CAP: entries of a row's candidate list; room for one tile plus 2k survivors at least."""
     return max(4 * BLOCK_N, triton.next_power_of_2(2 * k + BLOCK_N))
@@ -304,12 +288,15 @@ def exact_rows_topk(x: torch.Tensor, rows: torch.Tensor, k: int
     return dist, index
 
 
-def knn_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_topk(x: torch.Tensor, k: int, bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact kNN of every row of ``x`` among its rows: (dist fp64 (N, k'), index int64 (N, k')).
 
     ``x``: (N, D) L2-normalised features on any device (CPU tensors need the
     Triton interpreter); k' = min(k, N). Rows are sorted by (d, index) and
-    include the row itself.
+    include the row itself. ``bounds``: (N,) float64, the per-row c_i of the
+    module docstring for the fp16 copy ``x.half()`` and an accumulation
+    roundoff of ``ACCUMULATE_ROUNDOFF`` (the caller computes it:
+    ``pplr_fast.cluster.common.rounding_error_bounds``, shared with the CPU path).
     """
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"knn_topk needs a non-empty (N, D) tensor, got shape {tuple(x.shape)}")
@@ -319,7 +306,9 @@ def knn_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     n, dim = x.shape
     k = min(k, n)
     x_low = x.half()
-    bounds = rounding_error_bounds(x, x_low)
+    if bounds.shape != (n,):
+        raise ValueError(f"knn_topk needs one error bound per row ({n}), got {tuple(bounds.shape)}")
+    bounds = bounds.to(device=x.device, dtype=torch.float64).contiguous()
     cap = list_capacity(k)
     step = rows_per_launch(n, cap, x.device)
     scores = torch.empty(step, cap, dtype=torch.float32, device=x.device)

@@ -9,7 +9,14 @@ import torch
 
 from cluster_oracles import clustered_features, lattice_features, normalize
 from pplr_fast.cluster import nearest_neighbours
+from pplr_fast.cluster import common
 from pplr_fast.kernels import knn
+
+
+def topk(x, k):
+    """knn_topk with the error bounds the GPU path computes for it."""
+    x = x.float().contiguous()
+    return knn.knn_topk(x, k, common.rounding_error_bounds(x, x.half(), knn.ACCUMULATE_ROUNDOFF))
 
 def fp16_scrambled(m: int = 40, others: int = 30, dim: int = 32) -> torch.Tensor:
     """Row 0 and m rows at similarities 0.9 + j 1e-6 to it, in a shuffled order.
@@ -95,7 +102,7 @@ def assert_equals_brute_force(x, k, dist, index):
 def test_knn_topk_equals_brute_force(name, small_tiles, exact_rows_calls, device):
     x = FEATURES[name]()
     for k in (1, 7, 31):
-        dist, index = knn.knn_topk(x.to(device), k)
+        dist, index = topk(x.to(device), k)
         assert_equals_brute_force(x, k, dist, index)
     assert sum(exact_rows_calls) == 0, "well-separated data must not overflow the lists"
 
@@ -106,7 +113,7 @@ def test_knn_topk_keeps_neighbours_that_fp16_ranks_below_the_kth(small_tiles, mo
     monkeypatch.setattr(knn, "BISECT_STEPS", 40)
     x = fp16_scrambled()
     for k in (2, 7, 20):
-        dist, index = knn.knn_topk(x.to(device), k)
+        dist, index = topk(x.to(device), k)
         assert_equals_brute_force(x, k, dist, index)
 
 
@@ -118,7 +125,7 @@ def test_knn_topk_overflowing_rows_are_exact(name, small_tiles, exact_rows_calls
     monkeypatch.setattr(knn, "EXACT_BLOCK_ENTRIES", 24 * 20)    # several column blocks each
     x = FEATURES[name]()
     for k in (3, 10):
-        dist, index = knn.knn_topk(x.to(device), k)
+        dist, index = topk(x.to(device), k)
         assert_equals_brute_force(x, k, dist, index)
     assert sum(exact_rows_calls) >= x.shape[0], "the overflow path must have run"
 
@@ -129,7 +136,7 @@ def test_knn_topk_several_launches_and_the_k_loop(small_tiles, monkeypatch, devi
     monkeypatch.setattr(knn, "MAX_BLOCK_K", 16)
     x = clustered_features(100, 40, groups=10, spread=0.6, seed=8)
     assert knn.rows_per_launch(100, knn.list_capacity(7), torch.device("cpu")) == 32
-    dist, index = knn.knn_topk(x.to(device), 7)
+    dist, index = topk(x.to(device), 7)
     assert_equals_brute_force(x, 7, dist, index)
 
 
@@ -150,7 +157,7 @@ def test_error_bounds_cover_fp16_scores():
     """|fp32 score of the fp16 copy - exact similarity| <= c_i, on wide rows too."""
     x = clustered_features(200, 512, groups=20, spread=0.8, seed=5)
     low = x.half()
-    c = knn.rounding_error_bounds(x, low)
+    c = common.rounding_error_bounds(x, low, knn.ACCUMULATE_ROUNDOFF)
     scores = low.float() @ low.float().T
     exact = x.double() @ x.double().T
     slack = (c[:, None] - (scores.double() - exact).abs())
@@ -160,6 +167,8 @@ def test_error_bounds_cover_fp16_scores():
 
 def test_knn_topk_rejects_bad_input():
     with pytest.raises(ValueError, match="non-empty"):
-        knn.knn_topk(torch.empty(0, 4), 3)
+        knn.knn_topk(torch.empty(0, 4), 3, torch.empty(0, dtype=torch.float64))
     with pytest.raises(ValueError, match="k >= 1"):
-        knn.knn_topk(normalize(torch.ones(3, 4)), 0)
+        knn.knn_topk(normalize(torch.ones(3, 4)), 0, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="one error bound per row"):
+        knn.knn_topk(normalize(torch.ones(3, 4)), 2, torch.zeros(2, dtype=torch.float64))

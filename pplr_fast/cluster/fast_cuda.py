@@ -34,18 +34,20 @@ import torch
 
 from pplr_fast.kernels.cross_agreement import cross_agreement_from_neighbours_cuda
 from pplr_fast.kernels.jaccard import jaccard_from_neighbours_cuda
-from pplr_fast.kernels.knn import knn_topk
+from pplr_fast.kernels.knn import ACCUMULATE_ROUNDOFF, knn_topk
 from pplr_fast.gpu_fallback import cupy_install_hint, report_gpu_fallback
 
 from .checks import available_memory
-from .common import Timer, neighbour_lists, no_timer
+from .common import Timer, neighbour_lists, no_timer, rounding_error_bounds
 from .dbscan_propagation import dbscan_propagation
 from .sparse_distance import SparseDistance
 
 # ---------------------------------------------------------------- kNN
 def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact kNN, rows sorted by (fp64 distance, index). Returns (dist, index)."""
-    return knn_topk(x.float().contiguous(), min(k, x.shape[0]))
+    x = x.float().contiguous()
+    bounds = rounding_error_bounds(x, x.half(), ACCUMULATE_ROUNDOFF)
+    return knn_topk(x, min(k, x.shape[0]), bounds)
 
 
 # ---------------------------------------------------------------- Jaccard
