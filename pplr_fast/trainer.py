@@ -224,8 +224,10 @@ class PPLRTrainer:
         MetricsLog(self.logs / f"rank{distributed.rank()}.jsonl").append(
             {"epoch": epoch, "rank": distributed.rank(), "pseudo_labels_sha1": digest.hexdigest()})
 
-    def prepare_epoch(self, epoch: int, result: ClusterStageResult, x_g, x_p):
-        """Pseudo-labelled training set, classifier re-init from centroids, camera proxies."""
+    def prepare_epoch(self, epoch: int, result: ClusterStageResult, x_g, x_p,
+                      camera_loss: bool = True):
+        """Pseudo-labelled training set, classifier re-init from centroids, camera proxies
+        (with ``--cam``, unless ``camera_loss`` is False: then None)."""
         keep = torch.nonzero(result.labels >= 0).flatten()
         labels = result.labels[keep]
         samples = [(self.train_samples[i][0], int(lab), self.train_samples[i][2])
@@ -240,7 +242,8 @@ class PPLRTrainer:
         self.model.reset_classifiers(centroids_g, centroids_p)
         self.net = self._wrap(self.model)
         self._rebuild_optimizer(epoch)
-        proxies = self._camera_proxies(targets, samples, x_g_kept, x_p_kept) if self.cfg.cam else None
+        proxies = (self._camera_proxies(targets, samples, x_g_kept, x_p_kept)
+                   if self.cfg.cam and camera_loss else None)
         return samples, scores, proxies
 
     def _camera_proxies(self, labels, samples, x_g, x_p):
@@ -426,9 +429,8 @@ class PPLRTrainer:
         if not plan.train:
             record["skipped"] = plan.events[0]
         else:
-            samples, scores, proxies = self.prepare_epoch(epoch, result, x_g, x_p)
-            if not plan.camera_loss:
-                proxies = None
+            samples, scores, proxies = self.prepare_epoch(epoch, result, x_g, x_p,
+                                                          camera_loss=plan.camera_loss)
             del x_g, x_p
             train_start = time.perf_counter()
             record.update(self.train_epoch(epoch, samples, scores, proxies))
