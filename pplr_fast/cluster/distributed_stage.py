@@ -72,7 +72,7 @@ import torch.distributed as dist
 from . import api
 from .checks import ClusterInputError, check_jaccard_args, check_k, check_part_features
 from .sparse_distance import SparseDistance
-from .stage import STAGES, ClusterStageResult
+from .stage import STAGES, ClusterStageResult, StageClock
 
 DBSCAN_ON = ("every", "one")
 
@@ -117,8 +117,8 @@ class _Ranks:
         self.step = "start"
         self.received: dict[str, int] = {}
         self.sent: dict[str, int] = {}
-        self.timings: dict[str, float] = {}
         self.data_device = device
+        self.clock = StageClock(device)
 
     # -------------------------------------------------------------- bookkeeping
     def _count(self, sent: int, received: int) -> None:
@@ -129,13 +129,12 @@ class _Ranks:
     def stage(self, name: str):
         """Time a stage (local work and collectives); collectives inside count under it."""
         self.step = name
-        if self.data_device.type == "cuda":
-            torch.cuda.synchronize(self.data_device)
-        start = time.perf_counter()
-        yield
-        if self.data_device.type == "cuda":
-            torch.cuda.synchronize(self.data_device)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        with self.clock(name):
+            yield
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.clock.timings
 
     @contextmanager
     def local(self, what: str):

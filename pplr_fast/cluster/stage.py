@@ -51,7 +51,9 @@ class ClusterStageResult:
         return int((self.labels < 0).sum())
 
 
-class _Clock:
+class StageClock:
+    """``with clock(stage):`` adds the block's wall time (the GPU synchronised) to ``timings[stage]``."""
+
     def __init__(self, device: torch.device):
         self.device = device
         self.timings: dict[str, float] = {}
@@ -91,7 +93,7 @@ def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: i
         ensure_fits(reference_dense_bytes(n, matrices=5), x_g.device,
                     f"the reference clustering stage of N={n} (five dense N x N matrices)",
                     "use --backend fast (sparse, O(N·k) memory)")
-    clock = _Clock(x_g.device)
+    clock = StageClock(x_g.device)
     start = time.perf_counter()
     # the features were checked above, once: the ops skip their own pass over them
     with clock("knn_global"):
