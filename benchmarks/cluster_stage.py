@@ -79,7 +79,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from features import IdentityFeatureConfig, identity_features  # noqa: E402
-from machine import GIB, busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
+from machine import (GIB, busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
+                     proc_status_kib)
 
 from pplr_fast.backend import BACKENDS  # noqa: E402
 from pplr_fast.cluster import checks  # noqa: E402
@@ -144,17 +145,6 @@ def cap_available_memory(limit_gib: float) -> None:
     os.environ["PPLR_FAST_MEMORY_LIMIT_GIB"] = str(limit_gib)
 
 
-def _status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 class PeakMemory:
     """Host peak-RSS growth (and GPU allocator peak) over the code run inside it."""
 
@@ -169,7 +159,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.gpu_before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-        self.rss_before = _status_kib("VmRSS")
+        self.rss_before = proc_status_kib("VmRSS")
         try:
             with open("/proc/self/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")           # peak RSS mark := current RSS
@@ -181,7 +171,7 @@ class PeakMemory:
         if self.device == "cuda":
             torch.cuda.synchronize()
             self.gpu_mib = (torch.cuda.max_memory_allocated() - self.gpu_before) / MIB
-        peak = _status_kib("VmHWM")
+        peak = proc_status_kib("VmHWM")
         if self.rss_before is not None and peak is not None:
             self.host_mib = (peak - self.rss_before) / 1024
         return False

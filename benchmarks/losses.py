@@ -39,7 +39,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
+from machine import (busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
+                     proc_status_kib)
 
 from pplr_fast.losses.classification import classification_loss_twin  # noqa: E402
 
@@ -104,11 +105,6 @@ def time_steps(fn: Callable, inputs, repeat: int, device: str) -> Tuple[float, f
     return first_call, statistics.median(times), min(times)
 
 
-def _proc_status_kib(key: str) -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(key + ":"))
-
-
 def peak_memory_mib(fn: Callable, inputs, device: str) -> float:
     """Peak memory of one step beyond what is allocated before it (see module doc)."""
     for tensor in inputs[:2]:
@@ -124,11 +120,11 @@ def peak_memory_mib(fn: Callable, inputs, device: str) -> float:
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
     libc.malloc_trim(0)
-    before = _proc_status_kib("VmRSS")
+    before = proc_status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")                      # reset VmHWM to the current RSS
     train_step(fn, inputs)
-    return (_proc_status_kib("VmHWM") - before) / 1024
+    return (proc_status_kib("VmHWM") - before) / 1024
 
 
 def measure(variant: str, args: argparse.Namespace) -> List[Dict[str, object]]:

@@ -39,6 +39,18 @@ def _version(module: str) -> str | None:
         return None
 
 
+def proc_status_kib(key: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), or None where there is none."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def load_average() -> str:
     """The 1-minute load average, or "n/a"."""
     try:

@@ -40,7 +40,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from features import IdentityFeatureConfig, identity_features  # noqa: E402
-from machine import busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
+from machine import (busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
+                     proc_status_kib)
 
 from pplr_fast.evaluation import evaluate_ranking  # noqa: E402
 from pplr_fast.rerank import available_memory, re_rank_features, re_ranking  # noqa: E402
@@ -130,17 +131,6 @@ class Clock:
 
 # --------------------------------------------------------------------------- measuring
 
-def _status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def release_free_memory() -> None:
     """Hand freed heap memory back to the system, so that the next peak counts its own pages."""
     gc.collect()
@@ -153,7 +143,7 @@ def release_free_memory() -> None:
 def peak_growth(run):
     """``(result, seconds, peak MiB)``: run() with the growth of the peak RSS it caused."""
     release_free_memory()
-    before = _status_kib("VmRSS")
+    before = proc_status_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")                       # peak RSS mark := current RSS
@@ -162,7 +152,7 @@ def peak_growth(run):
     start = time.perf_counter()
     result = run()
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
+    peak = proc_status_kib("VmHWM")
     return result, seconds, (peak - before) / 1024 if before is not None and peak else None
 
 
