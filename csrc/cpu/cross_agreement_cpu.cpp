@@ -17,29 +17,6 @@ void others(const int64_t* list, int64_t len, int64_t self, int64_t k, std::vect
 
 }  // namespace
 
-void cross_agreement_cpu(const int64_t* neigh_g, int64_t kg, const int64_t* neigh_p, int64_t kp,
-                         int64_t n, int64_t k, float* scores) {
-    const int64_t size = std::min(k, n - 1);
-#pragma omp parallel
-    {
-        std::vector<int64_t> g, p;
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; ++i) {
-            others(neigh_g + i * kg, kg, i, size, g);
-            others(neigh_p + i * kp, kp, i, size, p);
-            std::vector<int64_t>::iterator a = g.begin(), b = p.begin();
-            int64_t common = 0;
-            while (a != g.end() && b != p.end()) {
-                if (*a < *b) ++a;
-                else if (*b < *a) ++b;
-                else { ++common; ++a; ++b; }
-            }
-            const int64_t total = g.size() + p.size() - common;
-            scores[i] = total > 0 ? static_cast<float>(common) / static_cast<float>(total) : 0.0f;
-        }
-    }
-}
-
 void cross_agreement_rows_cpu(const int64_t* neigh_g, int64_t kg, const int64_t* neigh_p,
                               int64_t kp, int64_t rows, int64_t first_row, int64_t n, int64_t k,
                               float* scores) {
@@ -62,6 +39,11 @@ void cross_agreement_rows_cpu(const int64_t* neigh_g, int64_t kg, const int64_t*
             scores[i] = total > 0 ? static_cast<float>(common) / static_cast<float>(total) : 0.0f;
         }
     }
+}
+
+void cross_agreement_cpu(const int64_t* neigh_g, int64_t kg, const int64_t* neigh_p, int64_t kp,
+                         int64_t n, int64_t k, float* scores) {
+    cross_agreement_rows_cpu(neigh_g, kg, neigh_p, kp, n, 0, n, k, scores);
 }
 
 }  // namespace pplr
