@@ -27,6 +27,20 @@ inline float entry_value(T x, bool square) {
     return square ? squared_float(x) : static_cast<float>(x);
 }
 
+// Insert (v, j) into the sorted list best/index of `count` entries (at most K): a full
+// list drops its last entry. Equal values keep their order (columns arrive ascending).
+inline void insert_sorted(float* best, int64_t* index, int64_t& count, int64_t K, float v,
+                          int64_t j) {
+    int64_t pos = count < K ? count++ : K - 1;
+    while (pos > 0 && best[pos - 1] > v) {
+        best[pos] = best[pos - 1];
+        index[pos] = index[pos - 1];
+        --pos;
+    }
+    best[pos] = v;
+    index[pos] = j;
+}
+
 // Running state of a block of D rows, before scaling: the maximum, a
 // non-finite flag, and the `keep` smallest entries by (value, column);
 // bar[r] is the value an entry must beat to enter row r (+inf until it is full).
@@ -42,17 +56,8 @@ struct RowStates {
     // so an entry equal to the last kept one stays out (ties go to the lower column).
     inline void offer(int64_t r, int64_t j, float v) {
         float* b = best.data() + r * keep;
-        int64_t* ix = index.data() + r * keep;
-        int64_t& c = count[r];
-        int64_t pos = c < keep ? c++ : keep - 1;
-        while (pos > 0 && b[pos - 1] > v) {
-            b[pos] = b[pos - 1];
-            ix[pos] = ix[pos - 1];
-            --pos;
-        }
-        b[pos] = v;
-        ix[pos] = j;
-        if (c == keep) bar[r] = b[keep - 1];
+        insert_sorted(b, index.data() + r * keep, count[r], keep, v, j);
+        if (count[r] == keep) bar[r] = b[keep - 1];
     }
 };
 
@@ -149,14 +154,7 @@ void select_smallest(const float* row, int64_t n, int64_t K, float* best, int64_
     for (int64_t j = 0; j < n; ++j) {
         const float v = row[j];
         if (count == K && !(v < best[K - 1])) continue;
-        int64_t pos = count < K ? count++ : K - 1;
-        while (pos > 0 && best[pos - 1] > v) {
-            best[pos] = best[pos - 1];
-            index[pos] = index[pos - 1];
-            --pos;
-        }
-        best[pos] = v;
-        index[pos] = j;
+        insert_sorted(best, index, count, K, v, j);
     }
 }
 
