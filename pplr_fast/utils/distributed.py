@@ -83,22 +83,6 @@ def gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(pieces, counts)])
 
 
-def broadcast(tensor: torch.Tensor) -> torch.Tensor:
-    """Rank 0's ``tensor`` on every rank (same shape and dtype required)."""
-    if is_initialized():
-        dist.broadcast(tensor, src=0)
-    return tensor
-
-
-def broadcast_object(obj):
-    """Rank 0's picklable ``obj`` on every rank."""
-    if not is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on at least one."""
     if not is_initialized():
