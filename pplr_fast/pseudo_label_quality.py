@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+
 def contingency_table(labels_a: np.ndarray, labels_b: np.ndarray) -> np.ndarray:
     """(A, B) int64 counts of each pair (distinct value of a, distinct value of b)."""
     _, a = np.unique(labels_a, return_inverse=True)
