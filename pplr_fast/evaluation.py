@@ -163,16 +163,19 @@ def evaluate_split(model, query: Sequence, gallery: Sequence, *, height: int, wi
     """mAP, CMC and mINP of ``model`` on a query/gallery split of ``(path, pid, camid)`` samples.
 
     Features are the L2-normalised global features (``model.extract``).
-    Under torch.distributed every rank extracts its shard; the metrics are
-    computed on every rank. With ``rerank`` (keyword arguments of
+    Under torch.distributed every rank extracts its shard and rank 0 alone
+    ranks the gallery (the other ranks return ``{}``). With ``rerank`` (keyword arguments of
     :func:`pplr_fast.rerank.re_rank_features`: k1, k2, lambda_value) the
     metrics after k-reciprocal re-ranking are added under ``"reranked"``.
     """
     from .features import extract_features
+    from .utils import distributed
     extract = dict(height=height, width=width, batch_size=batch_size, workers=workers,
                    device=device, progress=progress)
     q, _ = extract_features(model, query, desc="evaluate: query", **extract)
     g, _ = extract_features(model, gallery, desc="evaluate: gallery", **extract)
+    if not distributed.is_main():
+        return {}
     column = lambda rows, i: torch.tensor([r[i] for r in rows])  # noqa: E731
     ids = (column(query, 1), column(gallery, 1), column(query, 2), column(gallery, 2))
     metrics = evaluate_ranking(pairwise_distance(q, g), *ids)

@@ -152,6 +152,8 @@ class PPLRTrainer:
         self.device = device
         self.logs = Path(config.logs_dir)
         self.train_samples = sorted(dataset.train)
+        self.train_cams = torch.tensor([cam for _, _, cam in self.train_samples])
+        self.train_ids = [pid for _, pid, _ in self.train_samples]    # for the log only
         check_data_size(config, len(self.train_samples))
         # a --resume file is read (and checked) here, before the caller writes anything
         self.resume_state = self._read_resume(config.resume) if config.resume else None
@@ -313,11 +315,10 @@ class PPLRTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        metrics = evaluate_split(self.net, self.dataset.query, self.dataset.gallery,
-                                 height=self.cfg.height, width=self.cfg.width,
-                                 batch_size=max(64, self.cfg.batch_size), workers=self.cfg.workers,
-                                 device=self.device, progress=self.cfg.progress)
-        return metrics if distributed.is_main() else {}
+        return evaluate_split(self.net, self.dataset.query, self.dataset.gallery,
+                              height=self.cfg.height, width=self.cfg.width,
+                              batch_size=max(64, self.cfg.batch_size), workers=self.cfg.workers,
+                              device=self.device, progress=self.cfg.progress)
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, epoch: int, result: ClusterStageResult | None, optimizer: bool = True) -> dict:
@@ -414,12 +415,10 @@ class PPLRTrainer:
                   "extract_s": extract_time, **{f"{k}_s": v for k, v in result.timings.items()},
                   "cluster_backend": result.backend, "lr": self._lr(epoch)}
         # the true identities are read here only, for the log (never for training)
-        record.update(pseudo_label_quality(result.labels, [s[1] for s in self.train_samples],
-                                           result.scores))
+        record.update(pseudo_label_quality(result.labels, self.train_ids, result.scores))
         self.say(f"epoch {epoch}: {result.num_clusters} clusters, {result.num_outliers} outliers "
                  f"(clustering {result.timings['total']:.2f}s on {result.backend})")
-        cams = torch.tensor([s[2] for s in self.train_samples])
-        plan = plan_epoch(result.labels, cams, eps=cfg.eps, cam=cfg.cam,
+        plan = plan_epoch(result.labels, self.train_cams, eps=cfg.eps, cam=cfg.cam,
                           previous_clusters=self.previous_clusters)
         self.previous_clusters = result.num_clusters
         for message in plan.messages:
