@@ -23,10 +23,14 @@ def extract_features(model, samples: Sequence[tuple[str, int, int]], *, height: 
     shards are gathered, so every rank returns the full tensors.
     """
     shard = distributed.shard_range(len(samples))
+    # The test transform draws no random numbers, but a DataLoader seeds its
+    # workers from its generator: with the default (global) one, every
+    # extraction would shift the training's random stream, so --eval-step
+    # would change the augmentations of a run with the same --seed.
     loader = DataLoader(ImageDataset(list(samples[shard.start:shard.stop]),
                                      build_test_transform(height, width)),
                         batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
     parts_g, parts_p = [], []

@@ -310,8 +310,10 @@ class PPLRTrainer:
             if distributed.any_rank(bool(self.stop_requested), self.device):
                 self.stop_requested = self.stop_requested or signal.SIGTERM
                 break
-        return {f"loss_{k}" if k != "loss" else k: distributed.all_reduce_mean(v / max(1, steps), self.device)
-                for k, v in sums.items()}
+        record = {f"loss_{k}" if k != "loss" else k: distributed.all_reduce_mean(v / max(1, steps), self.device)
+                  for k, v in sums.items()}
+        record["iters"] = steps          # fewer than --iters when a signal stopped the epoch
+        return record
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -434,7 +436,7 @@ class PPLRTrainer:
             train_start = time.perf_counter()
             record.update(self.train_epoch(epoch, samples, scores, proxies))
             record["train_s"] = time.perf_counter() - train_start
-            record["s_per_iter"] = record["train_s"] / cfg.iters
+            record["s_per_iter"] = record["train_s"] / max(1, record["iters"])
         fallbacks = drain_fallback_records()
         if fallbacks:       # a fast GPU piece did not run this epoch: the log says so every epoch
             record["gpu_fallbacks"] = fallbacks

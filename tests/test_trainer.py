@@ -373,3 +373,24 @@ def test_default_synthetic_recipe_raises_map(larger_dataset, tmp_path):
     assert [r["epoch"] for r in records] == [-1, 0, 1, 2]
     before, after = records[0]["mAP"], records[-1]["mAP"]
     assert after > before + 0.02, f"mAP {before:.3f} -> {after:.3f}"
+
+
+def test_evaluation_schedule_does_not_change_training(dataset, tmp_path, monkeypatch):
+    # Same --seed, evaluation after every epoch or never: the training draws
+    # the same augmentations, so the weights and losses are identical. (A
+    # DataLoader seeded from the global generator would shift the stream.)
+    force_clustering(monkeypatch, forced_result(dataset.train, parts=3, seed=5))
+    runs = []
+    for eval_step in (1, 100):
+        logs = tmp_path / f"eval{eval_step}"
+        trainer = PPLRTrainer(tiny_config(logs, eval_step=eval_step, epochs=2, aals_epoch=5),
+                              dataset, CPU)
+        trainer.fit()
+        records = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+        runs.append(([r["loss"] for r in records if "loss" in r],
+                     [r.get("iters") for r in records if "loss" in r],
+                     {k: v.clone() for k, v in trainer.model.state_dict().items()}))
+    (losses_a, iters_a, weights_a), (losses_b, iters_b, weights_b) = runs
+    assert len(losses_a) == 2 and iters_a == iters_b == [2, 2]
+    assert losses_a == losses_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
