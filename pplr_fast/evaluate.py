@@ -13,24 +13,17 @@ import sys
 
 import torch
 
-from .data import DATASET_NAMES, DatasetError, ImageReadError, canonical_dataset_name, create_dataset
+from .data import DATASET_NAMES, DatasetError, ImageReadError, create_dataset, dataset_name_argument
 from .evaluation import evaluate_split
 from .models import PPLRNet
 from .utils.checkpoint import CheckpointError, load_checkpoint
 from .utils.errors import one_line
 
 
-def _dataset_name(value: str) -> str:
-    try:
-        return canonical_dataset_name(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pplr_fast.evaluate", description=__doc__)
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pth or last.pth of a run")
-    p.add_argument("-d", "--dataset", type=_dataset_name,
+    p.add_argument("-d", "--dataset", type=dataset_name_argument,
                    help=f"one of {', '.join(DATASET_NAMES)} (default: the checkpoint's)")
     p.add_argument("--data-dir", help="folder holding the dataset folders (default: the checkpoint's)")
     p.add_argument("-b", "--batch-size", type=int, default=128, help="(default: 128)")

@@ -26,8 +26,7 @@ import torch
 from .backend import BACKENDS
 from .config import (DATASET_PRESETS, DEMO_RECIPE, METHODS, NO_PRETRAINED, RECIPE, ConfigError,
                      TrainConfig, check_config, make_config)
-from .data import (DATASET_NAMES, DatasetError, ImageReadError, canonical_dataset_name,
-                   create_dataset)
+from .data import DATASET_NAMES, DatasetError, ImageReadError, create_dataset, dataset_name_argument
 from .models import RESNETS, PretrainedWeightsError
 from .trainer import PPLRTrainer
 from .utils import distributed
@@ -48,20 +47,13 @@ def _preset(name: str) -> str:
     return f"(dataset preset: {values})"
 
 
-def _dataset_name(value: str) -> str:
-    try:
-        return canonical_dataset_name(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every default shown comes from :mod:`pplr_fast.config`."""
     p = argparse.ArgumentParser(
         prog="python -m pplr_fast.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group("data")
-    a.add_argument("-d", "--dataset", default="synthetic", type=_dataset_name,
+    a.add_argument("-d", "--dataset", default="synthetic", type=dataset_name_argument,
                    help=f"one of {', '.join(DATASET_NAMES)} (default: synthetic)")
     a.add_argument("--data-dir", default="data", metavar="PATH",
                    help="folder holding the dataset folders (default: ./data)")

@@ -6,6 +6,7 @@ from .datasets import (
     ReidDataset,
     Sample,
     canonical_dataset_name,
+    dataset_name_argument,
     create_dataset,
     load_dukemtmcreid,
     load_market1501,
@@ -20,7 +21,8 @@ from .transforms import build_test_transform, build_train_transform
 
 __all__ = [
     "DATASET_NAMES", "DatasetError", "DatasetWarning",
-    "ReidDataset", "Sample", "canonical_dataset_name", "create_dataset", "load_dukemtmcreid",
+    "ReidDataset", "Sample", "canonical_dataset_name", "dataset_name_argument", "create_dataset",
+    "load_dukemtmcreid",
     "load_market1501", "load_msmt17", "load_veri", "read_market_layout",
     "ImageDataset", "ImageReadError", "read_rgb_image",
     "RandomIdentitySampler",

@@ -59,6 +59,15 @@ def canonical_dataset_name(name: str) -> str:
     return canonical
 
 
+def dataset_name_argument(value: str) -> str:
+    """:func:`canonical_dataset_name` as an argparse ``type``: an unknown name is a usage error."""
+    import argparse
+    try:
+        return canonical_dataset_name(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 @dataclass
 class ReidDataset:
     """A re-ID dataset: train, query and gallery lists of ``(path, pid, camid)``."""
