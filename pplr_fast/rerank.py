@@ -36,8 +36,9 @@ How. Only the first ``max(k1 + 1, k2)`` ranks of each row of D are kept, read
 straight from the caller's blocks a few rows at a time (no (Q+G)^2 matrix, no
 full sort); the expanded sets, weights, query expansion and the Jaccard terms
 of the query rows are sparse. CPU: ``csrc/cpu/rerank_cpu.cpp`` (OpenMP).
-CUDA tensors: the O(N^2) passes (row maxima, ranks, the output) run on the GPU
-in plain torch, the sparse stages on the CPU kernels.
+CUDA tensors stay on the GPU: the O(N^2) passes (row maxima, ranks, the
+output) in plain torch, the sparse stages in the Triton kernels of
+``pplr_fast.kernels.rerank`` (deterministic: every sum is added left to right).
 
 Differences from the copied code: none in the result beyond float32 rounding
 (sums are accumulated in float64 here; results agree to ~1e-7) and the order
