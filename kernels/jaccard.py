@@ -12,10 +12,11 @@ From the kNN lists ``rank`` (N, K), K = min(k1, N), sorted by ``(d, index)``:
 4. V' = mean of V over the first k2 kNN entries: a stable sort by (row, column)
    keeps each column's terms in kNN order and ``segment_sums`` adds them left
    to right, as ``jaccard_cpu.cpp`` does;
-5. Jaccard (``jaccard_upper_pairs``): an inverted index (CSC) of V'; one
-   non-zero (i, l) emits a term ``min(V'[i,l], V'[j,l])`` for every row j >= i
-   of column l; a stable sort by (i, j) and ``segment_sums`` add each pair's
-   terms in ascending l, as the CPU kernel's accumulator does; the sums give
+5. Jaccard (``jaccard_upper_pairs`` over ``shared_column_overlaps``): an
+   inverted index (CSC) of V'; one non-zero (i, l) emits a term
+   ``min(V'[i,l], V'[j,l])`` for every row j >= i of column l; a stable sort
+   by (i, j) and ``segment_sums`` add each pair's terms in ascending l, as the
+   CPU kernel's accumulator does; the sums give
    ``d = max(0, 1 - m / (2 - m))``, kept when ``d <= max_distance``, mirrored
    into the symmetric CSR.
 
@@ -123,16 +124,17 @@ def _row_softmax_kernel(dist_ptr, crow_ptr, out_ptr, BLOCK: tl.constexpr):
 
 @triton.jit(do_not_specialize=["n_segments"])
 def _segment_sum_kernel(seg_start_ptr, values_ptr, out_ptr, n_segments, BLOCK: tl.constexpr):
-    """out[s] = values[start(s)] + values[start(s) + 1] + ..., added left to right in fp32.
+    """out[s] = values[start(s)] + values[start(s) + 1] + ..., added left to right.
 
-    One lane per segment, so the order of the additions is the order of the
-    values, whatever order programs and lanes run in.
+    The sums are kept in out's type (fp32, or fp64 for fp64 sums of fp32
+    values). One lane per segment, so the order of the additions is the order
+    of the values, whatever order programs and lanes run in.
     """
     s = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = s < n_segments
     start = tl.load(seg_start_ptr + s, mask=valid, other=0)
     stop = tl.load(seg_start_ptr + s + 1, mask=valid, other=0)
-    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    total = tl.zeros((BLOCK,), dtype=out_ptr.dtype.element_ty)
     for t in range(0, tl.max(stop - start, axis=0)):      # at most k2 terms per segment
         inside = start + t < stop
         total += tl.load(values_ptr + start + t, mask=inside, other=0.0)
@@ -160,10 +162,13 @@ def expansion_candidate_chunk(block_l1: int, block_lh: int) -> int:
     return max(1, min(block_l1, EXPANSION_TILE // (block_lh * MEMBER_CHUNK)))
 
 
-def expanded_sets(rank: torch.Tensor, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """E(i) of every row as CSR ``(crow, col)``, columns ascending."""
+def expanded_sets(rank: torch.Tensor, l1: int, lh: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """E(i) of every row as CSR ``(crow, col)``, columns ascending.
+
+    ``l1`` and ``lh`` are the lengths of F(i, k1) and F(i, round(k1/2)), the
+    list heads R(i, k1) and R(c, h) are taken from (at most K = rank.shape[1]).
+    """
     n, k = rank.shape
-    l1, lh = min(k1, k), min(round(k1 / 2) + 1, k)
     mask1, maskh = reciprocal_mask_cuda(rank, l1), reciprocal_mask_cuda(rank, lh)
     width = l1 + l1 * lh
     block_l1, block_lh = triton.next_power_of_2(l1), triton.next_power_of_2(lh)
@@ -194,8 +199,8 @@ def softmax_warps(block: int) -> int:
 def encode_cuda(x: torch.Tensor, rank: torch.Tensor, k1: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """V as CSR ``(crow, col, val)``: softmax of -d over E(i)."""
-    n = x.shape[0]
-    crow, col = expanded_sets(rank, k1)
+    n, k = rank.shape
+    crow, col = expanded_sets(rank, min(k1, k), min(round(k1 / 2) + 1, k))
     rows = torch.repeat_interleave(torch.arange(n, device=x.device), crow[1:] - crow[:-1])
     dist = pair_sq_distance(x, rows, col)
     val = torch.empty_like(dist)
@@ -207,15 +212,17 @@ def encode_cuda(x: torch.Tensor, rank: torch.Tensor, k1: int
     return crow, col, val.float()      # softmax in fp64, V stored in fp32 (as on the CPU)
 
 
-def segment_sums(counts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """fp32 sums of consecutive segments of ``values`` (lengths ``counts``), added left to right.
+def segment_sums(counts: torch.Tensor, values: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sums of consecutive segments of fp32 ``values`` (lengths ``counts``), added left to right.
 
-    The deterministic replacement of ``index_add_``: bit-equal to a sequential
-    loop, on every run and every device.
+    The sums are kept in ``dtype`` (fp32 or fp64). The deterministic
+    replacement of ``index_add_``: bit-equal to a sequential loop, on every run
+    and every device.
     """
     starts = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=values.device)
     starts[1:] = torch.cumsum(counts, 0)
-    out = torch.empty(counts.numel(), dtype=torch.float32, device=values.device)
+    out = torch.empty(counts.numel(), dtype=dtype, device=values.device)
     if counts.numel():
         _segment_sum_kernel[(triton.cdiv(counts.numel(), SEGMENT_BLOCK),)](
             starts, values.float().contiguous(), out, counts.numel(), BLOCK=SEGMENT_BLOCK,
@@ -224,8 +231,14 @@ def segment_sums(counts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def query_expand_cuda(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
-                      rank: torch.Tensor, k2: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """V'[i] = mean of V[rank[i, t]], t < min(k2, K), as CSR with ascending columns."""
+                      rank: torch.Tensor, k2: int, sum_dtype: torch.dtype = torch.float32
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """V'[i] = mean of V[rank[i, t]], t < min(k2, K), as CSR with ascending columns.
+
+    Each column's terms are added in t order in ``sum_dtype``: fp32 sums divided
+    by the count (as ``jaccard_cpu.cpp``), or fp64 sums times 1 / count,
+    rounded to fp32 (as ``rerank_cpu.cpp``).
+    """
     n = rank.shape[0]
     if k2 == 1:
         return crow, col, val
@@ -243,9 +256,10 @@ def query_expand_cuda(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
         key, order = torch.sort(owner * n + col[entry], stable=True)   # ties stay in t order
         unique, counts = torch.unique_consecutive(key, return_counts=True)
         keys.append(unique)
-        sums.append(segment_sums(counts, val[entry][order]))
-    key = torch.cat(keys)
-    return csr_from_sorted_rows(key // n, n), key % n, torch.cat(sums) / float(length)
+        sums.append(segment_sums(counts, val[entry][order], sum_dtype))
+    key, total = torch.cat(keys), torch.cat(sums)
+    mean = total / float(length) if sum_dtype == torch.float32 else (total * (1.0 / length)).float()
+    return csr_from_sorted_rows(key // n, n), key % n, mean
 
 
 def float32_at_most(value: float) -> float:
@@ -256,6 +270,69 @@ def float32_at_most(value: float) -> float:
     return float(rounded)
 
 
+def shared_column_overlaps(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n: int,
+                           rows: int, first_partner: int, available_bytes: int):
+    """Overlaps ``m(i, j) = sum_l min(V'[i, l], V'[j, l])`` of the pairs sharing a column of V'.
+
+    V' is CSR (n rows, columns ascending per row); the pairs are the rows
+    i < ``rows`` with the rows j >= max(i, ``first_partner``): with
+    ``rows = n, first_partner = 0`` every pair j >= i (the Jaccard matrix's
+    upper triangle), with ``rows = first_partner = Q`` the query rows with the
+    gallery rows. Yields, a chunk of rows [r0, r1) at a time, ``(r0, pair, m)``:
+    ``pair = (i - r0) * n + j`` ascending (int64) and m (fp32).
+
+    Every non-zero (i, l) (ascending l) emits one term ``(i, j, min(V'[i, l],
+    V'[j, l]))`` per partner j in column l's posting list (rows ascend there, so
+    the partners are a tail of it: from i's own entry, or past the column's
+    rows < first_partner); a stable sort by (i, j) keeps each pair's terms in
+    ascending l and ``segment_sums`` adds them left to right, the order of the
+    CPU kernels' accumulators, so m does not depend on the order in which
+    programs run.
+
+    Work per row i: T_i = sum over its non-zeros (i, l) of its partners in
+    column l, each term generated, radix-sorted and added once; no loop runs to
+    a longest posting list (a segment sum loops to the most columns two rows of
+    its block share). Memory: the inverted index (O(nnz)) and about 48 bytes per
+    term of one chunk (``TERM_BYTES`` bounds a chunk; a row with more terms than
+    that is a chunk of its own).
+    """
+    device = col.device
+    nnz = col.numel()
+    owned = nnz if rows == n else int(crow[rows])                 # non-zeros of rows < `rows`
+    row_of = torch.repeat_interleave(torch.arange(n, device=device), crow[1:] - crow[:-1])
+    by_col = torch.sort(col, stable=True).indices                # rows ascend within a column
+    post_row, post_val = row_of[by_col], val[by_col]
+    post_pos = torch.empty_like(by_col)
+    post_pos[by_col] = torch.arange(nnz, device=device)           # (i, l) in l's posting list
+    cptr = csr_from_sorted_rows(col[by_col], n)
+    first = post_pos[:owned]                                      # partners j >= i ...
+    if first_partner > 0:                                         # ... and j >= first_partner
+        below = torch.bincount(col[:int(crow[first_partner])], minlength=n)
+        first = torch.maximum(first, cptr[col[:owned]] + below[col[:owned]])
+    terms = cptr[col[:owned] + 1] - first
+    terms_before = torch.zeros(owned + 1, dtype=torch.int64, device=device)
+    terms_before[1:] = torch.cumsum(terms, 0)
+    row_terms_end = terms_before[crow[1:rows + 1]]                # terms of rows <= i
+    budget = max(1, min(TERM_BYTES, available_bytes // 4) // 48)
+    marks = torch.arange(budget, int(terms_before[-1]) + budget, budget, device=device)
+    cuts = torch.searchsorted(row_terms_end, marks, right=True).clamp(min=1)
+    bounds = sorted(set([0, rows] + cuts.tolist()) & set(range(rows + 1)))   # the only host sync
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        p0, p1 = int(crow[r0]), int(crow[r1])
+        t0, t1 = int(terms_before[p0]), int(terms_before[p1])
+        if t1 == t0:
+            continue
+        owner = torch.repeat_interleave(torch.arange(p0, p1, device=device), terms[p0:p1],
+                                        output_size=t1 - t0)
+        partner = first[owner] + torch.arange(t0, t1, device=device) - terms_before[owner]
+        key = (row_of[owner] - r0) * n + post_row[partner]
+        key, order = torch.sort(key, stable=True)                 # ties keep ascending l
+        term = torch.minimum(val[owner[order]], post_val[partner[order]])
+        del owner, partner, order
+        pair, count = torch.unique_consecutive(key, return_counts=True)
+        yield r0, pair, segment_sums(count, term)
+
+
 def jaccard_upper_pairs(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n: int,
                         max_distance: float | None, available_bytes: int
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -264,53 +341,14 @@ def jaccard_upper_pairs(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor
     Returns COO ``(i, j, d)`` (int64, int64, fp32) of the pairs with
     ``d <= max_distance`` (all of them for None), sorted by (i, j); d is
     bit-equal to ``jaccard_cpu.cpp``'s and does not depend on the order in which
-    programs run.
-
-    For a chunk of rows, every non-zero (i, l) (ascending l) emits one term
-    ``(i, j, min(V'[i, l], V'[j, l]))`` per row j >= i of column l's posting
-    list; a stable sort by (i, j) keeps each pair's terms in ascending l and
-    ``segment_sums`` adds them left to right (the order of the CPU kernel's
-    accumulator), then ``d = max(0, 1 - m / (2 - m))`` in IEEE fp32.
-
-    Work per row i: T_i = sum over its non-zeros (i, l) of |{j >= i : V'[j, l] > 0}|
-    terms, each generated, radix-sorted and added once; no loop runs to a
-    longest posting list (a segment sum loops to the most columns two rows of
-    its block share). Memory: the inverted index (O(nnz)), about 48 bytes per
-    term of one chunk (``TERM_BYTES`` bounds a chunk; a row with more terms than
-    that is a chunk of its own) and the output.
+    programs run: the overlaps m of :func:`shared_column_overlaps` give
+    ``d = max(0, 1 - m / (2 - m))`` in IEEE fp32. Memory: that function's and
+    the output.
     """
     device = col.device
-    nnz = col.numel()
-    row_of = torch.repeat_interleave(torch.arange(n, device=device), crow[1:] - crow[:-1])
-    by_col = torch.sort(col, stable=True).indices                # rows ascend within a column
-    post_row, post_val = row_of[by_col], val[by_col]
-    post_pos = torch.empty_like(by_col)
-    post_pos[by_col] = torch.arange(nnz, device=device)           # (i, l) in l's posting list
-    cptr = csr_from_sorted_rows(col[by_col], n)
-    terms = cptr[col + 1] - post_pos                              # rows j >= i in column l
-    terms_before = torch.zeros(nnz + 1, dtype=torch.int64, device=device)
-    terms_before[1:] = torch.cumsum(terms, 0)
-    row_terms_end = terms_before[crow[1:]]                        # terms of rows <= i
-    budget = max(1, min(TERM_BYTES, available_bytes // 4) // 48)
-    marks = torch.arange(budget, int(terms_before[-1]) + budget, budget, device=device)
-    cuts = torch.searchsorted(row_terms_end, marks, right=True).clamp(min=1)
-    bounds = sorted(set([0, n] + cuts.tolist()) & set(range(n + 1)))   # the only host sync
     found_i, found_j, found_d = [], [], []
     cutoff = None if max_distance is None else float32_at_most(max_distance)
-    for r0, r1 in zip(bounds[:-1], bounds[1:]):
-        p0, p1 = int(crow[r0]), int(crow[r1])
-        t0, t1 = int(terms_before[p0]), int(terms_before[p1])
-        if t1 == t0:
-            continue
-        owner = torch.repeat_interleave(torch.arange(p0, p1, device=device), terms[p0:p1],
-                                        output_size=t1 - t0)
-        q = post_pos[owner] + torch.arange(t0, t1, device=device) - terms_before[owner]
-        key = (row_of[owner] - r0) * n + post_row[q]
-        key, order = torch.sort(key, stable=True)                 # ties keep ascending l
-        term = torch.minimum(val[owner[order]], post_val[q[order]])
-        del owner, q, order
-        pair, count = torch.unique_consecutive(key, return_counts=True)
-        m = segment_sums(count, term)
+    for r0, pair, m in shared_column_overlaps(crow, col, val, n, n, 0, available_bytes):
         d = torch.clamp(1 - m / (2 - m), min=0)
         if cutoff is not None:
             keep = d <= cutoff

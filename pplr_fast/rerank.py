@@ -36,8 +36,9 @@ How. Only the first ``max(k1 + 1, k2)`` ranks of each row of D are kept, read
 straight from the caller's blocks a few rows at a time (no (Q+G)^2 matrix, no
 full sort); the expanded sets, weights, query expansion and the Jaccard terms
 of the query rows are sparse. CPU: ``csrc/cpu/rerank_cpu.cpp`` (OpenMP).
-CUDA tensors: the O(N^2) passes (row maxima, ranks, the output) run on the GPU
-in plain torch, the sparse stages on the CPU kernels.
+CUDA tensors stay on the GPU: the O(N^2) passes (row maxima, ranks, the
+output) in plain torch, the sparse stages in the Triton kernels of
+``pplr_fast.kernels.rerank`` (deterministic: every sum is added left to right).
 
 Differences from the copied code: none in the result beyond float32 rounding
 (sums are accumulated in float64 here; results agree to ~1e-7) and the order
@@ -318,28 +319,28 @@ def _rank_rows_torch(row_block, count: int, n: int, k: int, square: bool, device
     return rank, rowmax, non_finite, zero
 
 
-def _finish_torch(rank, rowmax, entry_values, qg_squared, q: int, k1: int, k2: int, lam: float):
-    """The sparse stages on the CPU kernels, the (Q, G) output on qg_squared's device."""
+def _finish_device(rank, rowmax, entry_values, qg_squared, q: int, k1: int, k2: int,
+                   lam: float) -> torch.Tensor:
+    """The sparse stages (``pplr_fast.kernels.rerank``) and the (Q, G) output, on rank's device.
+
+    ``entry_values(rows, cols)`` returns D's squared entries at those pairs
+    before scaling (fp32); ``qg_squared`` is the squared query-gallery block
+    (fp32), overwritten by the result.
+    """
+    from pplr_fast.kernels import rerank as kernels
+    crow, col, rows = kernels.reranking_sets(rank, k1)
+    v = kernels.reciprocal_weights(crow, rows, entry_values(rows, col), rowmax)
+    expansion = _expansion_length(k2, rank.shape[1])
+    i, j, m = kernels.query_gallery_overlaps(crow, col, v, rank, expansion, q,
+                                             available_memory(rank.device))
     device = qg_squared.device
-
-    def host_entries(rows, cols):
-        r, c = torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
-        return entry_values(r, c).float().cpu().numpy()
-
-    from pplr_fast import _rerank
-    rank = rank.cpu().numpy()
-    crow, col, v = _encode(rank, host_entries, rowmax.cpu().numpy(), k1)
-    crow, col, overlap = _rerank.query_gallery_overlap(crow, col, v, rank,
-                                                       _expansion_length(k2, rank.shape[1]), q)
     keep = torch.tensor(1.0 - lam, dtype=torch.float32, device=device)
     mix = torch.tensor(lam, dtype=torch.float32, device=device)
-    scaled = qg_squared / rowmax[:q, None]
-    out = keep + scaled * mix
-    rows = torch.repeat_interleave(torch.arange(q, device=device),
-                                   torch.from_numpy(np.diff(crow)).to(device))
-    cols = torch.from_numpy(col).to(device)
-    m = torch.from_numpy(overlap).to(device)
-    out[rows, cols] = (1 - m / (2 - m)) * keep + scaled[rows, cols] * mix
+    out = qg_squared.div_(rowmax[:q, None])     # D's query-gallery block
+    j = j - q
+    scaled = out[i, j]
+    out.mul_(mix).add_(keep)                    # jaccard = 1 where the supports do not meet
+    out[i, j] = (1 - m / (2 - m)) * keep + scaled * mix
     return out
 
 
@@ -354,7 +355,8 @@ def _re_ranking_torch(q_g, q_q, g_g, k1: int, k2: int, lam: float) -> torch.Tens
             raise ValueError(f"{name} must be a 2-D distance matrix, got shape {tuple(t.shape)}")
     q, g = _check_shapes(q_g, q_q, g_g)
     n, device = q + g, q_g.device
-    refuse_unless_fits(4 * q * g + CHUNK_BYTES, f"re-ranking {q} queries against {g} gallery "
+    refuse_unless_fits(4 * q * g + sparse_bytes(n, k1, k2) + CHUNK_BYTES,
+                       f"re-ranking {q} queries against {g} gallery "
                        "images on the GPU", "re-rank the queries in smaller batches", device)
     K = min(n, max(k1 + 1, k2))
     rank_q, max_q, bad_q, zero_q = _rank_rows_torch(
@@ -369,8 +371,8 @@ def _re_ranking_torch(q_g, q_q, g_g, k1: int, k2: int, lam: float) -> torch.Tens
     def entry_values(rows, cols):
         return _block_matrix_entries(q_q, q_g, g_g, q, cols, rows).square().float()
 
-    return _finish_torch(torch.cat([rank_q, rank_g]), torch.cat([max_q, max_g]), entry_values,
-                         q_g.double().square().float(), q, k1, k2, lam)
+    return _finish_device(torch.cat([rank_q, rank_g]), torch.cat([max_q, max_g]), entry_values,
+                          q_g.double().square().float(), q, k1, k2, lam)
 
 
 # --------------------------------------------------------------------------- from features
@@ -426,30 +428,13 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
                        "float32 result, a block of distances and the sparse ranks)",
                        "re-rank the queries in smaller batches (each batch with the full gallery)",
                        device)
-    K = min(n, max(k1 + 1, k2))
-    norms = (x * x).sum(dim=1)
-    out = torch.empty(q, g, dtype=torch.float32, device=device)
-
-    def block(r0, r1):
-        d = torch.addmm(norms[None, :], x[r0:r1], x.T, beta=1, alpha=-2)
-        d.add_(norms[r0:r1, None]).clamp_(min=0)
-        if r1 <= q:
-            out[r0:r1] = d[:, q:]
-        return d
-
     if x.is_cuda:
-        rank, rowmax, _, zero = _rank_rows_features_torch(block, q, n, K, device)
-        _raise_row_problems(-1, zero, q, "features")
-        xs = x.cpu().numpy()
-
-        def entry_values(rows, cols):
-            from pplr_fast import _rerank
-            d = _rerank.pair_sq_distance(xs, rows.cpu().numpy(), cols.cpu().numpy())
-            return torch.from_numpy(d).to(device)
-
-        result = _finish_torch(rank, rowmax, entry_values, out, q, k1, k2, lam)
+        result = _re_rank_features_device(x, q, k1, k2, lam)
         return result if as_tensor else result.cpu().numpy()
 
+    K = min(n, max(k1 + 1, k2))
+    out = torch.empty(q, g, dtype=torch.float32)
+    block = _distance_rows(x, q, out)
     from pplr_fast import _rerank
     step = max(1, CHUNK_BYTES // (x.element_size() * n))
     rank = np.empty((n, K), dtype=np.int64)
@@ -473,6 +458,38 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
                             lam, result)
     clock("jaccard + output")
     return out if as_tensor else result
+
+
+def _distance_rows(x: torch.Tensor, q: int, out: torch.Tensor):
+    """``block(r0, r1)``: squared distances of rows r0..r1 of x to every row; a block of
+    query rows (r1 <= q) also writes its gallery columns into ``out``."""
+    norms = (x * x).sum(dim=1)
+
+    def block(r0, r1):
+        d = torch.addmm(norms[None, :], x[r0:r1], x.T, beta=1, alpha=-2)
+        d.add_(norms[r0:r1, None]).clamp_(min=0)
+        if r1 <= q:
+            out[r0:r1] = d[:, q:]
+        return d
+
+    return block
+
+
+def _re_rank_features_device(x: torch.Tensor, q: int, k1: int, k2: int,
+                             lam: float) -> torch.Tensor:
+    """:func:`re_rank_features` of the rows of ``x`` (queries first) on x's device: torch for
+    the distances and ranks, ``pplr_fast.kernels.rerank`` for the sparse stages."""
+    from pplr_fast.kernels.rerank import pair_sq_difference
+    n, device = x.shape[0], x.device
+    out = torch.empty(q, n - q, dtype=torch.float32, device=device)
+    rank, rowmax, _, zero = _rank_rows_features_torch(_distance_rows(x, q, out), q, n,
+                                                      min(n, max(k1 + 1, k2)), device)
+    _raise_row_problems(-1, zero, q, "features")
+
+    def entry_values(rows, cols):
+        return pair_sq_difference(x, rows, cols).float()
+
+    return _finish_device(rank, rowmax, entry_values, out, q, k1, k2, lam)
 
 
 def _rank_rows_features_torch(block, q: int, n: int, k: int, device):
