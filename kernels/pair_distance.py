@@ -1,4 +1,4 @@
-"""Exact squared distances ``2 - 2 <x_r, x_c>`` of a list of row pairs, in fp64.
+"""Exact squared distances of a list of row pairs, in fp64: ``2 - 2 <x_r, x_c>`` or ``|x_r - x_c|^2``.
 
 The re-rank step of the fast kNN and the distances of the Jaccard encoding
 both need the distance of a few candidate pairs per row, never the full
@@ -10,6 +10,11 @@ precision every backend ranks neighbours with (see pplr_fast/cluster/common.py).
 The block sizes depend on D only, so every call computes a given pair with
 the same arithmetic: equal inputs give bit-equal distances (exact ties of
 duplicated images stay ties), and d(r, c) == d(c, r).
+
+Two forms, one kernel (a constexpr picks the term): ``pair_sq_distance``
+(``2 - 2 <x_r, x_c>`` of fp32 rows, the clustering's distance of unit rows)
+and ``pair_sq_difference`` (``sum (x_r - x_c)^2`` of fp32 or fp64 rows, the
+re-ranking's distance of features of any norm, as the CPU re-ranking kernel).
 """
 import torch
 import triton
@@ -22,7 +27,9 @@ TILE_ELEMENTS = 1024      # BLOCK_P x BLOCK_D: the fp64 partial sums a program h
 
 @triton.jit(do_not_specialize=["n_pairs", "n_rows"])
 def _pair_sq_distance_kernel(x_ptr, rows_ptr, cols_ptr, out_ptr, n_pairs, n_rows, dim, stride_x,
-                             BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+                             BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+                             DIFFERENCE: tl.constexpr):
+    """out[p] = 2 - 2 <x_r, x_c> (DIFFERENCE False) or sum_d (x_r - x_c)^2, in fp64."""
     pairs = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     valid = pairs < n_pairs
     r = tl.load(rows_ptr + pairs, mask=valid, other=0)
@@ -34,11 +41,17 @@ def _pair_sq_distance_kernel(x_ptr, rows_ptr, cols_ptr, out_ptr, n_pairs, n_rows
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)[None, :]
         mask = valid[:, None] & (d < dim)
-        a = tl.load(a_rows + d, mask=mask, other=0.0)
-        b = tl.load(b_rows + d, mask=mask, other=0.0)
-        acc += a.to(tl.float64) * b.to(tl.float64)
-    dot = tl.sum(acc, axis=1)
-    tl.store(out_ptr + pairs, 2.0 - 2.0 * dot, mask=pairs < n_pairs)
+        a = tl.load(a_rows + d, mask=mask, other=0.0).to(tl.float64)
+        b = tl.load(b_rows + d, mask=mask, other=0.0).to(tl.float64)
+        if DIFFERENCE:
+            acc += (a - b) * (a - b)
+        else:
+            acc += a * b
+    total = tl.sum(acc, axis=1)
+    if DIFFERENCE:
+        tl.store(out_ptr + pairs, total, mask=pairs < n_pairs)
+    else:
+        tl.store(out_ptr + pairs, 2.0 - 2.0 * total, mask=pairs < n_pairs)
 
 
 def block_sizes(dim: int) -> tuple[int, int]:
@@ -47,9 +60,8 @@ def block_sizes(dim: int) -> tuple[int, int]:
     return TILE_ELEMENTS // block_d, block_d
 
 
-def pair_sq_distance(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """(P,) fp64 ``2 - 2 <x[rows[p]], x[cols[p]]>`` for int64 index vectors ``rows``, ``cols``."""
-    x = x.float().contiguous()
+def _launch(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, difference: bool
+            ) -> torch.Tensor:
     rows = rows.to(torch.int64).contiguous()
     cols = cols.to(torch.int64).contiguous()
     n_pairs = rows.numel()
@@ -59,5 +71,22 @@ def pair_sq_distance(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
     block_p, block_d = block_sizes(x.shape[1])
     _pair_sq_distance_kernel[(triton.cdiv(n_pairs, block_p),)](
         x, rows, cols, out, n_pairs, x.shape[0], x.shape[1], x.stride(0),
-        BLOCK_P=block_p, BLOCK_D=block_d, num_warps=4, **LAUNCH)
+        BLOCK_P=block_p, BLOCK_D=block_d, DIFFERENCE=difference, num_warps=4, **LAUNCH)
     return out
+
+
+def pair_sq_distance(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(P,) fp64 ``2 - 2 <x[rows[p]], x[cols[p]]>`` for int64 index vectors ``rows``, ``cols``."""
+    return _launch(x.float().contiguous(), rows, cols, difference=False)
+
+
+def pair_sq_difference(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(P,) fp64 squared Euclidean distances ``|x[rows[p]] - x[cols[p]]|^2``.
+
+    For features of any norm (:func:`pair_sq_distance` is the same only for
+    unit rows), fp32 or fp64 (other dtypes are taken as fp32), summed in fp64
+    as the CPU's ``_rerank.pair_sq_distance``.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return _launch(x.contiguous(), rows, cols, difference=True)

@@ -18,7 +18,7 @@ column), K = min(N, max(k1 + 1, k2)), and D's row maxima:
    are the ones ``rerank_cpu.cpp``'s ``overlap_combine`` adds.
 
 The entries D holds at the pairs of E(i) come from the caller (the distance
-blocks it was given, or :func:`pair_sq_difference` of the features).
+blocks it was given, or ``pair_distance.pair_sq_difference`` of the features).
 
 Deterministic by construction, as ``kernels/jaccard.py``: no float atomics, no
 ``index_add_``; every sum is added left to right by one lane, so every run
@@ -29,59 +29,9 @@ Takes and returns plain tensors; ``pplr_fast.rerank`` builds the output.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from pplr_fast.kernels import LAUNCH
 from pplr_fast.kernels.jaccard import (expanded_sets, query_expand_cuda, segment_sums,
                                        shared_column_overlaps)
-from pplr_fast.kernels.pair_distance import block_sizes
-
-
-@triton.jit(do_not_specialize=["n_pairs", "n_rows"])
-def _pair_sq_difference_kernel(x_ptr, rows_ptr, cols_ptr, out_ptr, n_pairs, n_rows, dim, stride_x,
-                               BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[p] = sum_d (x[rows[p], d] - x[cols[p], d])^2 in fp64, for fp32 or fp64 x."""
-    pairs = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    valid = pairs < n_pairs
-    r = tl.load(rows_ptr + pairs, mask=valid, other=0)
-    c = tl.load(cols_ptr + pairs, mask=valid, other=0)
-    valid = valid & (r >= 0) & (r < n_rows) & (c >= 0) & (c < n_rows)
-    a_rows = x_ptr + r[:, None] * stride_x
-    b_rows = x_ptr + c[:, None] * stride_x
-    acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float64)
-    for d0 in range(0, dim, BLOCK_D):
-        d = d0 + tl.arange(0, BLOCK_D)[None, :]
-        mask = valid[:, None] & (d < dim)
-        a = tl.load(a_rows + d, mask=mask, other=0.0)
-        b = tl.load(b_rows + d, mask=mask, other=0.0)
-        diff = a.to(tl.float64) - b.to(tl.float64)
-        acc += diff * diff
-    tl.store(out_ptr + pairs, tl.sum(acc, axis=1), mask=pairs < n_pairs)
-
-
-def pair_sq_difference(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """(P,) fp64 squared Euclidean distances ``|x[rows[p]] - x[cols[p]]|^2``.
-
-    For any features (``pair_distance.pair_sq_distance`` computes
-    ``2 - 2 <x_r, x_c>``, the same only for unit rows), fp32 or fp64, summed in
-    fp64 as the CPU's ``_rerank.pair_sq_distance``. The block sizes depend on D
-    alone: equal rows give exactly 0, and d(r, c) == d(c, r).
-    """
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    x = x.contiguous()
-    rows = rows.to(torch.int64).contiguous()
-    cols = cols.to(torch.int64).contiguous()
-    n_pairs = rows.numel()
-    out = torch.empty(n_pairs, dtype=torch.float64, device=x.device)
-    if n_pairs == 0:
-        return out
-    block_p, block_d = block_sizes(x.shape[1])
-    _pair_sq_difference_kernel[(triton.cdiv(n_pairs, block_p),)](
-        x, rows, cols, out, n_pairs, x.shape[0], x.shape[1], x.stride(0),
-        BLOCK_P=block_p, BLOCK_D=block_d, num_warps=4, **LAUNCH)
-    return out
 
 
 def expansion_lengths(k1: int, k: int) -> tuple[int, int]:

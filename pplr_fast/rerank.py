@@ -479,7 +479,7 @@ def _re_rank_features_device(x: torch.Tensor, q: int, k1: int, k2: int,
                              lam: float) -> torch.Tensor:
     """:func:`re_rank_features` of the rows of ``x`` (queries first) on x's device: torch for
     the distances and ranks, ``pplr_fast.kernels.rerank`` for the sparse stages."""
-    from pplr_fast.kernels.rerank import pair_sq_difference
+    from pplr_fast.kernels.pair_distance import pair_sq_difference
     n, device = x.shape[0], x.device
     out = torch.empty(q, n - q, dtype=torch.float32, device=device)
     rank, rowmax, _, zero = _rank_rows_features_torch(_distance_rows(x, q, out), q, n,

@@ -36,7 +36,7 @@ import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from pplr_fast.kernels import cross_agreement, jaccard, knn, pair_distance, rerank
+from pplr_fast.kernels import cross_agreement, jaccard, knn, pair_distance
 
 def expansion(k1):
     l1, lh = triton.next_power_of_2(k1), triton.next_power_of_2(round(k1 / 2) + 1)
@@ -49,20 +49,24 @@ def softmax_block(k1):     # the longest E(i): R(i, k1) and k1 sets R(c, h)
 KERNELS = [  # (label, kernel, types of the runtime arguments, constexprs, num_warps)
     ("pair distance D>=128", pair_distance._pair_sq_distance_kernel,
      "*fp32 *i64 *i64 *fp64 i32 i32 i32 i32", dict(zip(("BLOCK_P", "BLOCK_D"),
-                                                       pair_distance.block_sizes(2048))), 4),
+                                                       pair_distance.block_sizes(2048)),
+                                                   DIFFERENCE=False), 4),
     ("pair distance D=16", pair_distance._pair_sq_distance_kernel,
      "*fp32 *i64 *i64 *fp64 i32 i32 i32 i32", dict(zip(("BLOCK_P", "BLOCK_D"),
-                                                       pair_distance.block_sizes(16))), 4),
+                                                       pair_distance.block_sizes(16)),
+                                                   DIFFERENCE=False), 4),
     ("segment sums", jaccard._segment_sum_kernel, "*i64 *fp32 *fp32 i32",
      dict(BLOCK=jaccard.SEGMENT_BLOCK), 4),
     ("segment sums fp64", jaccard._segment_sum_kernel, "*i64 *fp32 *fp64 i32",
      dict(BLOCK=jaccard.SEGMENT_BLOCK), 4),
-    ("pair difference fp32 D>=128", rerank._pair_sq_difference_kernel,
+    ("pair difference fp32 D>=128", pair_distance._pair_sq_distance_kernel,
      "*fp32 *i64 *i64 *fp64 i32 i32 i32 i32", dict(zip(("BLOCK_P", "BLOCK_D"),
-                                                       pair_distance.block_sizes(2048))), 4),
-    ("pair difference fp64 D=16", rerank._pair_sq_difference_kernel,
+                                                       pair_distance.block_sizes(2048)),
+                                                   DIFFERENCE=True), 4),
+    ("pair difference fp64 D=16", pair_distance._pair_sq_distance_kernel,
      "*fp64 *i64 *i64 *fp64 i32 i32 i32 i32", dict(zip(("BLOCK_P", "BLOCK_D"),
-                                                       pair_distance.block_sizes(16))), 4),
+                                                       pair_distance.block_sizes(16)),
+                                                   DIFFERENCE=True), 4),
     ("cross agreement k=20", cross_agreement._cross_agreement_kernel,
      "*i64 *i64 *fp32 i32 i32 i32 i32 i32", dict(BLOCK_K=32), cross_agreement.compare_warps(32)),
     ("cross agreement k=64", cross_agreement._cross_agreement_kernel,

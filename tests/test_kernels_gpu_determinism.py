@@ -177,7 +177,7 @@ import torch
 from triton.backends.compiler import GPUTarget
 from triton.compiler import make_backend
 from triton.runtime.jit import compute_cache_key, create_function_from_signature
-from pplr_fast.kernels import cross_agreement, jaccard, knn, pair_distance, rerank
+from pplr_fast.kernels import cross_agreement, jaccard, knn, pair_distance
 
 backend = make_backend(GPUTarget("cuda", 90, 32))
 ptr = {name: torch.empty(64, dtype=getattr(torch, name))
@@ -187,11 +187,11 @@ i8, i32, i64, f16, f32, f64 = (ptr[name] for name in ("int8", "int32", "int64", 
 LAUNCHES = {  # kernel: (arguments for a varying value v, constexprs)
     "pair distance": (pair_distance._pair_sq_distance_kernel,
                       lambda v: (f32, i64, i64, f64, v, v + 3, 256, 256),
-                      dict(BLOCK_P=8, BLOCK_D=128)),
+                      dict(BLOCK_P=8, BLOCK_D=128, DIFFERENCE=False)),
     "segment sums": (jaccard._segment_sum_kernel, lambda v: (i64, f32, f32, v), dict(BLOCK=512)),
-    "pair difference": (rerank._pair_sq_difference_kernel,
+    "pair difference": (pair_distance._pair_sq_distance_kernel,
                         lambda v: (f64, i64, i64, f64, v, v + 3, 256, 256),
-                        dict(BLOCK_P=8, BLOCK_D=128)),
+                        dict(BLOCK_P=8, BLOCK_D=128, DIFFERENCE=True)),
     "expansion": (jaccard._expansion_kernel,
                   lambda v: (i64, i8, i8, i32, v, v + 5, 30, 30, 16, 510),
                   dict(BLOCK_L1=32, BLOCK_LH=16, CAND_CHUNK=16, MEMBER_CHUNK=8)),

@@ -18,6 +18,7 @@ import torch
 
 from pplr_fast import _rerank, rerank
 from pplr_fast.kernels import jaccard as jaccard_kernels
+from pplr_fast.kernels import pair_distance
 from pplr_fast.kernels import rerank as kernels
 from test_kernels_gpu_determinism import shuffled_programs  # noqa: F401  (a fixture)
 from test_rerank import CASES, assert_same_order_where_untied, distance_blocks, oracle_re_ranking
@@ -264,8 +265,8 @@ def test_pair_sq_difference(dtype, dim, device):
     rows = torch.from_numpy(rng.integers(0, 30, 200))
     cols = torch.from_numpy(rng.integers(0, 30, 200))
     rows[:2], cols[:2] = torch.tensor([3, 7]), torch.tensor([7, 3])
-    got = kernels.pair_sq_difference(x.to(device), rows.to(device), cols.to(device)).cpu()
-    back = kernels.pair_sq_difference(x.to(device), cols.to(device), rows.to(device)).cpu()
+    got = pair_distance.pair_sq_difference(x.to(device), rows.to(device), cols.to(device)).cpu()
+    back = pair_distance.pair_sq_difference(x.to(device), cols.to(device), rows.to(device)).cpu()
     assert got.dtype == torch.float64 and got[0] == 0 and got[1] == 0
     assert torch.equal(got, back)
     exact = ((x[rows].double() - x[cols].double()) ** 2).sum(dim=1)
