@@ -15,8 +15,9 @@ parameters; all_gather/all_to_all of unequal pieces pad them to the longest):
 1. ``features``: ``all_gather`` of every block of X_g and X_p, (1 + N_p) B D
    floats from every rank (skipped with ``gathered=True``: the trainer's
    sharded extraction already gathered them). Each rank then holds the whole
-   features: memory O(N·D) per rank (a ring exchange that keeps O(N·D / K)
-   is not implemented).
+   features: memory O(N·D) per rank. With ``features="ring"`` nothing is
+   gathered: an ``all_reduce`` (max) of 2 (1 + N_p) floats (the kNN error
+   bound's largest norms), and each rank keeps only its block.
 2. ``knn_global`` / ``knn_parts`` (fast CPU path): the upper triangle of each
    space's score matrix is cut into 2K row strips (rows [s0, s1) x columns
    [s0, N)); rank r computes strips r and 2K - 1 - r, which together are
@@ -47,6 +48,25 @@ parameters; all_gather/all_to_all of unequal pieces pad them to the longest):
    another: it is the default.
 6. ``cross_agreement``: each rank scores its block from its own kNN rows;
    ``all_gather`` of B N_p float32 scores.
+
+With ``features="ring"`` (fast CPU path; memory O(N·D / K + N·k) per rank):
+
+2r. ``knn_global`` / ``knn_parts``: one ring pass per space. The blocks visit
+   every rank in turn (K - 1 ``batch_isend_irecv`` steps, each sending the
+   visiting block, B D floats, to rank r + 1 and receiving the next from
+   r - 1: every rank receives (N - B_r) D floats per space). While a block
+   visits, the rank scores its rows against it (the same bf16/fp32 filter
+   GEMM and error bound), re-ranks the columns still above each row's floor
+   with the fp64 distances the one process computes, and merges them into a
+   running exact top-k by (distance, index). Each rank computes its rows
+   against all N: the whole score matrix over the ranks, twice the GEMM of
+   the shared upper triangle (the price of not holding the features).
+3r. ``encoding``: ``all_gather`` of the global kNN lists as in step 3; each
+   rank lists E(i) of its rows, a second ring pass over X_g computes d(i, e)
+   while e's block visits ((N - B_r) D floats received), the rank weighs its
+   rows of V, ``all_gather`` shares V (~N·(tens) (int64, float32) pairs), and
+   each rank expands its block to V' rows, gathered as in step 3.
+   Steps 4-6 are unchanged (they need no features).
 
 Other backends: steps 3-6 run whole on every rank from the gathered kNN lists
 (``all_gather`` of the global and part lists), which are O(N·k) and cheap next
