@@ -46,7 +46,8 @@ Usage: python benchmarks/cluster_stage.py [--n 2000 12936 ...] [--dim 2048]
        [--eps 0.6] [--out DIR] [--seed 0] [--threads T] [--timeout S]
        [--memory-limit-gib G] [--no-subprocess]
        [--dataset NAME --data-dir DIR --checkpoint PATH]
-       python benchmarks/cluster_stage.py --ranks 1 2 [--threads T] [--n ...]
+       python benchmarks/cluster_stage.py --ranks 1 2 [--features gather ring] [--threads T]
+       [--n ...]
 
 ``--ranks K ...``: the fast path's stage shared by K ranks
 (``pplr_fast.cluster.distributed_stage``), for every K given: the script
@@ -56,6 +57,10 @@ count), each holding its block of the features; it reports each rank's
 seconds per stage (median of --repeat runs after a warm-up), its rows and
 the bytes it received and sent, and whether every rank's labels and scores
 equal K = 1's. The per-rank work and bytes are what predict a multi-node run.
+``--features gather ring`` (default both): rows with the features gathered on
+every rank, and rows with only each rank's block kept and the blocks passed
+around a ring; "peak MiB" is the rank's peak resident memory during the stage
+above what it held before it (Linux: VmHWM after a reset through clear_refs).
 Output: ``cluster_stage_ranks_<device>.{md,json}``.
 """
 from __future__ import annotations
@@ -669,6 +674,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ranks", type=int, nargs="+",
                         help="measure the fast stage shared by K ranks, for each K given "
                              "(started here; default N 12936); see the module docstring")
+    parser.add_argument("--features", nargs="+", choices=("gather", "ring"),
+                        default=["gather", "ring"],
+                        help="--ranks: the stage's feature modes to measure (default both)")
     parser.add_argument("--shared-note", help="a line for the --ranks table header (e.g. that "
                         "the machine was shared while it ran)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -709,26 +717,56 @@ def rank_worker(payload: str) -> None:
     x_g, x_p, _ = identity_features(n, args.dim, args.parts, args.seed)
     bounds = block_bounds([n * (r + 1) // world - n * r // world for r in range(world)])
     device = torch.device("cuda", rank) if args.device == "cuda" else torch.device("cpu")
-    x_g = x_g[bounds[rank]:bounds[rank + 1]].to(device)
-    x_p = x_p[bounds[rank]:bounds[rank + 1]].to(device)
-    runs = []
+    x_g = x_g[bounds[rank]:bounds[rank + 1]].clone().to(device)   # the whole features go
+    x_p = x_p[bounds[rank]:bounds[rank + 1]].clone().to(device)
+    gc.collect()
+    runs, peak = [], 0
     for _ in range(1 + args.repeat):          # the first is the warm-up
         dist.barrier()
+        before = reset_peak_memory()
         result = run_distributed_cluster_stage(
             x_g, x_p, eps=args.eps, k1=args.k1, k2=args.k2, min_samples=args.min_samples,
-            k=args.k, backend="fast", dbscan_on=job["dbscan_on"])
+            k=args.k, backend="fast", dbscan_on=job["dbscan_on"], features=job["features"])
         runs.append(result.timings)
+        peak = max(peak, peak_memory() - before) if before is not None else None
     median = {key: statistics.median(r[key] for r in runs[1:]) for key in runs[1]}
     digest = hashlib.sha1(result.labels.cpu().numpy().tobytes()
                           + result.scores.cpu().numpy().tobytes()).hexdigest()
     print(json.dumps({"rank": rank, "rows": list(result.rows), "seconds": median,
                       "received": result.received_bytes, "sent": result.sent_bytes,
-                      "digest": digest, "clusters": result.num_clusters,
+                      "peak_bytes": peak, "digest": digest, "clusters": result.num_clusters,
                       "outliers": result.num_outliers, "ran": result.backend}))
     dist.destroy_process_group()
 
 
-def measure_ranks(args: argparse.Namespace, n: int, world: int, dbscan_on: str) -> list[dict]:
+def _status_bytes(field: str) -> int | None:
+    """A ``VmRSS`` / ``VmHWM`` line of /proc/self/status in bytes (None off Linux)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory() -> int | None:
+    """Reset this process's peak resident memory; returns its resident memory now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def peak_memory() -> int:
+    return _status_bytes("VmHWM") or 0
+
+
+def measure_ranks(args: argparse.Namespace, n: int, world: int, dbscan_on: str,
+                  features: str) -> list[dict]:
     """Start ``world`` ranks on this machine; one row per rank."""
     with socket_for_port() as port:
         pass
@@ -738,7 +776,7 @@ def measure_ranks(args: argparse.Namespace, n: int, world: int, dbscan_on: str) 
     procs = [subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--rank-worker", json.dumps(
             {"config": config, "n": n, "rank": r, "world": world, "port": port,
-             "threads": threads, "dbscan_on": dbscan_on})],
+             "threads": threads, "dbscan_on": dbscan_on, "features": features})],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
         for r in range(world)]
     rows = []
@@ -750,7 +788,7 @@ def measure_ranks(args: argparse.Namespace, n: int, world: int, dbscan_on: str) 
                 other.kill()
             out, err = "", f"timed out after {args.timeout:g} s"
         base = {"n": n, "ranks": world, "threads_per_rank": threads, "dbscan_on": dbscan_on,
-                "rank": r}
+                "features": features, "rank": r}
         if proc.returncode == 0:
             rows.append({**base, "status": "ok", **json.loads(out.strip().splitlines()[-1])})
         else:
@@ -788,19 +826,24 @@ def ranks_report(result: dict) -> str:
               "rank on this one machine (gloo over loopback on CPU). Seconds per stage are "
               "each rank's own (local work and the collectives it waits in); 'features' is "
               "the all_gather of the feature blocks (the trainer skips it: its extraction "
-              "already gathers them). MiB in / out: bytes this rank received / sent over the "
+              "already gathers them). Mode 'gather': every rank gathers the whole features; "
+              "'ring': each rank keeps its block and the blocks visit every rank in turn "
+              "(the kNN and the encoding's distances), O(N·D / K + N·k) memory per rank, "
+              "each rank's rows against all N (twice the GEMM of the shared upper "
+              "triangle). Peak MiB: the rank's peak resident memory during the stage above "
+              "what it held before (its own feature block). MiB in / out: bytes this rank received / sent over the "
               "whole stage (loopback here, the network across nodes). 'same as K=1': this "
               "rank's labels and scores equal, bit for bit, those of the K = 1 run.", ""]
     for note in result["notes"]:
         lines.append(f"Note: {note}")
-    header = ["N", "K", "threads / rank", "DBSCAN on", "rank", "rows", *RANK_STAGES, "total",
-              "MiB in", "MiB out", "clusters / outliers", "same as K=1"]
+    header = ["N", "K", "mode", "threads / rank", "DBSCAN on", "rank", "rows", *RANK_STAGES,
+              "total", "MiB in", "MiB out", "peak MiB", "clusters / outliers", "same as K=1"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for row in result["rows"]:
-        head = [str(row["n"]), str(row["ranks"]), str(row["threads_per_rank"]), row["dbscan_on"],
-                str(row["rank"])]
+        head = [str(row["n"]), str(row["ranks"]), row.get("features", "gather"),
+                str(row["threads_per_rank"]), row["dbscan_on"], str(row["rank"])]
         if row["status"] != "ok":
-            lines.append("| " + " | ".join(head + [row["status"]] + [""] * (len(header) - 6))
+            lines.append("| " + " | ".join(head + [row["status"]] + [""] * (len(header) - 7))
                          + " |")
             continue
         sec = row["seconds"]
@@ -809,15 +852,17 @@ def ranks_report(result: dict) -> str:
                         seconds_text(sec["total"]),
                         f"{sum(row['received'].values()) / MIB:.1f}",
                         f"{sum(row['sent'].values()) / MIB:.1f}",
+                        "" if row.get("peak_bytes") is None else f"{row['peak_bytes'] / MIB:.0f}",
                         f"{row['clusters']} / {row['outliers']}",
                         {True: "yes", False: "NO", None: ""}[row.get("same_as_one_rank")]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Bytes received per rank and stage (MiB):", "",
-              "| N | K | DBSCAN on | rank | " + " | ".join(RANK_STAGES) + " |",
-              "|" + "---:|" * (4 + len(RANK_STAGES))]
+              "| N | K | mode | DBSCAN on | rank | " + " | ".join(RANK_STAGES) + " |",
+              "|" + "---:|" * (5 + len(RANK_STAGES))]
     for row in result["rows"]:
         if row["status"] == "ok":
-            lines.append(f"| {row['n']} | {row['ranks']} | {row['dbscan_on']} | {row['rank']} | "
+            lines.append(f"| {row['n']} | {row['ranks']} | {row.get('features', 'gather')} | "
+                         f"{row['dbscan_on']} | {row['rank']} | "
                          + " | ".join(f"{row['received'].get(s, 0) / MIB:.2f}"
                                       for s in RANK_STAGES) + " |")
     return "\n".join(lines) + "\n"
@@ -831,11 +876,13 @@ def ranks_main(args: argparse.Namespace) -> dict:
     rows, notes = [], []
     for n in sizes:
         one_rank = None
-        for world in args.ranks:
-            for dbscan_on in (("every", "one") if world > 1 else ("every",)):
-                print(f"  N={n} K={world} DBSCAN on {dbscan_on} ...", file=sys.stderr, flush=True)
-                measured = measure_ranks(args, n, world, dbscan_on)
-                if world == 1 and measured[0]["status"] == "ok":
+        for features, world in [(f, w) for f in args.features for w in args.ranks]:
+            gathering = features == "gather" and world > 1
+            for dbscan_on in (("every", "one") if gathering else ("every",)):
+                print(f"  N={n} K={world} {features} DBSCAN on {dbscan_on} ...", file=sys.stderr,
+                      flush=True)
+                measured = measure_ranks(args, n, world, dbscan_on, features)
+                if world == 1 and one_rank is None and measured[0]["status"] == "ok":
                     one_rank = measured[0]["digest"]
                 for row in measured:
                     if row["status"] == "ok" and one_rank is not None:

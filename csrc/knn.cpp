@@ -107,6 +107,44 @@ static py::tuple symmetric_finish_rows(SymmetricSelection& self, Array<float> x,
     return py::make_tuple(out_dist, out_index, overflow);
 }
 
+// The ring selection of one block's rows (pplr::RingTopK).
+struct RingSelection {
+    int64_t rows, k;
+    std::unique_ptr<pplr::RingTopK> state;
+};
+
+static RingSelection ring_new(int64_t rows, int64_t k, Array<double> error_bound,
+                              double output_roundoff) {
+    pplr::require(k >= 1, "k must be >= 1");
+    pplr::require(error_bound.ndim() == 1 && error_bound.shape(0) == rows, "one error bound per row");
+    return {rows, k, std::make_unique<pplr::RingTopK>(rows, k, error_bound.data(), output_roundoff)};
+}
+
+template <typename Score>
+static void ring_consume(RingSelection& self, Array<Score> scores, int64_t a, int64_t c0) {
+    pplr::require(scores.ndim() == 2, "scores must be 2-D");
+    const int64_t rows = scores.shape(0), width = scores.shape(1);
+    pplr::require(a >= 0 && a + rows <= self.rows, "a block must hold rows [a, a + rows)");
+    pplr::require(c0 >= 0 && c0 + width < (int64_t(1) << 31), "columns out of range");
+    py::gil_scoped_release nogil;
+    self.state->consume(scores.data(), a, rows, c0, width);
+}
+
+static void ring_rerank(RingSelection& self, Array<float> x_rows, Array<float> x_cols, int64_t c0) {
+    pplr::require(x_rows.ndim() == 2 && x_rows.shape(0) == self.rows, "x_rows must hold the rows");
+    pplr::require(x_cols.ndim() == 2 && x_cols.shape(1) == x_rows.shape(1),
+                  "x_cols must be 2-D with the rows' dimension");
+    py::gil_scoped_release nogil;
+    self.state->rerank(x_rows.data(), x_cols.data(), x_rows.shape(1), c0);
+}
+
+static py::tuple ring_finish(RingSelection& self) {
+    auto out_dist = pplr::new_array<double>({self.rows, self.k});
+    auto out_index = pplr::new_array<int64_t>({self.rows, self.k});
+    self.state->finish(out_dist.mutable_data(), out_index.mutable_data());
+    return py::make_tuple(out_dist, out_index);
+}
+
 PYBIND11_MODULE(_knn, m) {
     m.doc() = "Exact k-nearest-neighbour selection (CPU, OpenMP).";
     m.def("topk_from_distances", &topk_from_distances, py::arg("dist"), py::arg("k"));
@@ -121,4 +159,12 @@ PYBIND11_MODULE(_knn, m) {
              py::arg("col"), py::arg("score"))
         .def("finish_rows", &symmetric_finish_rows, py::arg("x"), py::arg("a"), py::arg("b"),
              py::arg("cap"));
+    py::class_<RingSelection>(m, "RingTopK")
+        .def(py::init(&ring_new), py::arg("rows"), py::arg("k"), py::arg("error_bound"),
+             py::arg("output_roundoff"))
+        .def("consume_bf16", &ring_consume<uint16_t>, py::arg("scores_bf16"), py::arg("a"),
+             py::arg("c0"))
+        .def("consume_fp32", &ring_consume<float>, py::arg("scores"), py::arg("a"), py::arg("c0"))
+        .def("rerank", &ring_rerank, py::arg("x_rows"), py::arg("x_cols"), py::arg("c0"))
+        .def("finish", &ring_finish);
 }

@@ -238,14 +238,18 @@ def test_cluster_stage_ranks_rows_per_rank_and_same_labels(tmp_path):
     with open(tmp_path / "cluster_stage_ranks_cpu.json") as handle:
         result = json.load(handle)
     rows = result["rows"]
-    assert [(r["ranks"], r["dbscan_on"], r["rank"]) for r in rows] == [
-        (1, "every", 0), (2, "every", 0), (2, "every", 1), (2, "one", 0), (2, "one", 1)]
+    assert [(r["features"], r["ranks"], r["dbscan_on"], r["rank"]) for r in rows] == [
+        ("gather", 1, "every", 0), ("gather", 2, "every", 0), ("gather", 2, "every", 1),
+        ("gather", 2, "one", 0), ("gather", 2, "one", 1), ("ring", 1, "every", 0),
+        ("ring", 2, "every", 0), ("ring", 2, "every", 1)]
     assert all(r["status"] == "ok" and r["same_as_one_rank"] for r in rows)
+    assert "features" not in rows[6]["received"] or rows[6]["received"]["features"] < 1024
+    assert rows[6]["received"]["knn_global"] == 300 * 64 * 4     # the other block, once
     assert [r["rows"] for r in rows[1:3]] == [[0, 300], [300, 600]]
     assert rows[1]["threads_per_rank"] == 1 and rows[0]["threads_per_rank"] == 2
     assert sum(rows[0]["received"].values()) == 0 < sum(rows[1]["received"].values())
     assert rows[4]["received"].get("dbscan", 0) > 0 == rows[3]["received"].get("dbscan", 0)
     with open(tmp_path / "cluster_stage_ranks_cpu.md") as handle:
         table = handle.read()
-    for column in ("threads / rank", "MiB in", "MiB out", "same as K=1", *STAGES):
+    for column in ("threads / rank", "MiB in", "MiB out", "peak MiB", "same as K=1", *STAGES):
         assert column in table

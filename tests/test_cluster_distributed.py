@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pplr_fast.cluster import run_cluster_stage
-from pplr_fast.cluster.distributed_stage import strips_of
+from pplr_fast.cluster import fast_cpu, run_cluster_stage
+from pplr_fast.cluster.distributed_stage import block_bounds, strips_of
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_stage_worker.py")
 PARAMS = dict(eps=0.6, k1=30, k2=6, min_samples=4, k=20)
@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 def run_ranks(tmp_path, x_g, x_p, *, counts=None, gathered=False, params=None, fail="none",
-              fail_rank=1, timeout=60.0, world=2):
+              fail_rank=1, timeout=60.0, world=2, forbid_feature_gather=False):
     """Start ``world`` ranks; returns ([result per rank or None], [stderr per rank], seconds)."""
     params = dict(PARAMS, **(params or {}))
     n = x_g.shape[0]
@@ -64,7 +64,8 @@ def run_ranks(tmp_path, x_g, x_p, *, counts=None, gathered=False, params=None, f
     procs = [subprocess.Popen(
         [sys.executable, WORKER, "--rank", str(r), "--world", str(world), "--port", str(port),
          "--inputs", inputs, "--out", str(tmp_path / f"rank{r}.pt"), "--fail", fail,
-         "--fail-rank", str(fail_rank), "--timeout", str(timeout)],
+         "--fail-rank", str(fail_rank), "--timeout", str(timeout)]
+        + (["--forbid-feature-gather"] if forbid_feature_gather else []),
         env=env, stderr=subprocess.PIPE, text=True) for r in range(world)]
     errors = []
     for p in procs:
@@ -158,4 +159,114 @@ def test_a_rank_that_dies_makes_the_others_raise_instead_of_hanging(tmp_path):
     results, errors, seconds = run_ranks(tmp_path, x_g, x_p, fail="exit", timeout=20)
     assert results == [None, None]
     assert "STAGE ERROR" in errors[0] and "a collective in step 'encoding' failed" in errors[0]
+    assert seconds < 60
+
+
+# ------------------------------------------------------------------ features="ring"
+RING = {"features": "ring"}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_ring_kernels_equal_the_one_process_kernels(monkeypatch, precision):
+    """Blocks visiting a block's rows give nearest_neighbours' rows, and the ring's encoding
+    pieces give encode's V', bit for bit (an empty block, copies across block boundaries)."""
+    monkeypatch.setenv("PPLR_FAST_KNN_PRECISION", precision)
+    fast_cpu.cpu_has_native_bf16.cache_clear()
+    try:
+        n, counts, k = 901, [400, 0, 501], 31
+        x, x_p = clustered_features(n, seed=7)
+        x, x_p = with_duplicates(x, x_p, [397, 398, 399, 400, 401, 402, 5])
+        bounds = block_bounds(counts)
+        blocks = [x[bounds[s]:bounds[s + 1]] for s in range(len(counts))]
+        maxima = [fast_cpu.ring_maxima(b) for b in blocks]
+        maxima = (max(m for m, _ in maxima), max(r for _, r in maxima))
+        dist, index = fast_cpu.nearest_neighbours(x, k)
+        for r, block in enumerate(blocks):
+            ring = fast_cpu.RingNeighbours(block, k, n, maxima)
+            for t in range(len(counts)):
+                s = (r - t) % len(counts)
+                ring.visit(blocks[s], bounds[s])
+            d_r, i_r = ring.finish()
+            assert torch.equal(i_r, index[bounds[r]:bounds[r + 1]]), f"block {r}: kNN differs"
+            assert torch.equal(d_r, dist[bounds[r]:bounds[r + 1]]), f"block {r}: distances differ"
+    finally:
+        fast_cpu.cpu_has_native_bf16.cache_clear()
+    rank = index[:, :30]
+    whole = fast_cpu.encode(x, rank, 30, 6)
+    rows = []
+    for r, block in enumerate(blocks):
+        crow, col = fast_cpu.expansion_sets(rank, 30, bounds[r], bounds[r + 1])
+        row_of = torch.arange(counts[r]).repeat_interleave(torch.from_numpy(crow).diff()).numpy()
+        d = fast_cpu.pair_distances(block, row_of, x, col)
+        rows.append((crow, col, fast_cpu.weigh_rows(crow, d)))
+    v_crow = torch.cat([torch.zeros(1, dtype=torch.int64)]
+                       + [torch.from_numpy(c).diff() for c, _, _ in rows]).cumsum(0).numpy()
+    v = (v_crow, torch.cat([torch.from_numpy(c) for _, c, _ in rows]).numpy(),
+         torch.cat([torch.from_numpy(w) for _, _, w in rows]).numpy())
+    parts = [fast_cpu.expand_rows(v, rank, 6, bounds[r], bounds[r + 1]) for r in range(3)]
+    for got, want in zip((torch.cat([torch.from_numpy(p[1]) for p in parts]),
+                          torch.cat([torch.from_numpy(p[2]) for p in parts])),
+                         (torch.from_numpy(whole[1]), torch.from_numpy(whole[2]))):
+        assert torch.equal(got, want), "the ring's V' differs from encode's"
+
+
+def test_two_ranks_ring_odd_n_with_duplicates_never_moves_the_whole_features(tmp_path):
+    n = 2001
+    x_g, x_p = clustered_features(n, seed=1)
+    boundary = n // 2
+    x_g, x_p = with_duplicates(x_g, x_p, list(range(boundary - 3, boundary + 4)))
+    x_g, x_p = with_duplicates(x_g, x_p, [5, 1500, 1999])
+    expected = one_process(x_g, x_p)
+    assert 2 <= expected.num_clusters and 0 < expected.num_outliers < n
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p, params=RING, forbid_feature_gather=True)
+    assert_same_as_one_process(results, errors, expected)
+    block_bytes = (n - boundary) * x_g.shape[1] * (1 + x_p.shape[2]) * 4
+    for result in results:      # the other block once per space in the kNN, x_g once more
+        received = result["received"]
+        assert received["features"] < 1024
+        assert received["knn_global"] + received["knn_parts"] <= block_bytes
+        assert received["encoding"] > 0
+
+
+def test_the_feature_gather_guard_trips_without_the_ring(tmp_path):
+    x_g, x_p = clustered_features(200, seed=8)
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p, forbid_feature_gather=True)
+    assert results == [None, None]
+    assert "all_gather moved features" in errors[0]
+
+
+@pytest.mark.parametrize("n, counts", [(1, [0, 1]), (3, [3, 0]), (41, [17, 24]), (301, [300, 1])])
+def test_two_ranks_ring_tiny_n_and_an_empty_block(tmp_path, n, counts):
+    x_g, x_p = clustered_features(n, seed=3)
+    x_g, x_p = with_duplicates(x_g, x_p, [0, n - 1])
+    params = {"eps": 0.7}
+    expected = one_process(x_g, x_p, params)
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p, counts=counts, params=dict(params, **RING))
+    assert_same_as_one_process(results, errors, expected)
+
+
+def test_ring_mode_rejects_the_paths_it_does_not_run(tmp_path):
+    x_g, x_p = clustered_features(50, seed=9)
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p,
+                                   params={"backend": "reference", **RING})
+    assert results == [None, None]
+    assert "features='ring' needs the fast CPU path" in errors[0]
+
+
+def test_a_rank_that_raises_mid_ring_stops_every_rank(tmp_path):
+    x_g, x_p = clustered_features(600, seed=5)
+    results, errors, seconds = run_ranks(tmp_path, x_g, x_p, params=RING, fail="ring",
+                                         timeout=120)
+    assert results == [None, None]
+    assert "rank 1 failed in the kNN ring, step 2 of 2 (RuntimeError: injected failure" in errors[1]
+    assert "rank 1 failed in the kNN ring, step 2 of 2" in errors[0]
+    assert seconds < 60
+
+
+def test_a_rank_that_dies_mid_ring_makes_the_others_raise(tmp_path):
+    x_g, x_p = clustered_features(600, seed=6)
+    results, errors, seconds = run_ranks(tmp_path, x_g, x_p, params=RING, fail="ring-exit",
+                                         timeout=20)
+    assert results == [None, None]
+    assert "STAGE ERROR" in errors[0] and "a collective in step 'knn_global' failed" in errors[0]
     assert seconds < 60

@@ -26,12 +26,13 @@ struct Accumulator {
     }
 };
 
-// V[i] (SPEC §2.1 steps 2-4) into `out`. r_half_of(c)
-// returns R(c, half) as (pointer, size); in_r1 is a zeroed n-byte scratch.
+// E(i) of SPEC §2.1 steps 2-3 (R(i, k1) and the R(c, half) that overlap it
+// by more than 2/3), sorted and unique, into `e`. r_half_of(c) returns
+// R(c, half) as (pointer, size); in_r1 is a zeroed n-byte scratch.
 template <typename RHalf>
-void v_row(const float* x, int64_t d, const int64_t* rank, int64_t K, int64_t len1, int64_t i,
-           RHalf r_half_of, std::vector<uint8_t>& in_r1, std::vector<int64_t>& r1,
-           std::vector<int64_t>& e, std::vector<double>& dist, Row& out) {
+void expansion_set(const int64_t* rank, int64_t K, int64_t len1, int64_t i, RHalf r_half_of,
+                   std::vector<uint8_t>& in_r1, std::vector<int64_t>& r1,
+                   std::vector<int64_t>& e) {
     reciprocal_neighbours(rank, K, i, len1, r1);
     for (int64_t j : r1) in_r1[j] = 1;
     e.assign(r1.begin(), r1.end());
@@ -44,19 +45,31 @@ void v_row(const float* x, int64_t d, const int64_t* rank, int64_t K, int64_t le
     for (int64_t j : r1) in_r1[j] = 0;
     std::sort(e.begin(), e.end());
     e.erase(std::unique(e.begin(), e.end()), e.end());
+}
+
+// V's weights of one row (SPEC §2.1 step 4) from its distances d(i, e) (the
+// `size` entries of `dist`, overwritten), into `out`.
+void weigh_row(double* dist, int64_t size, float* out) {
+    double lowest = INFINITY;
+    for (int64_t t = 0; t < size; ++t) lowest = std::min(lowest, dist[t]);
+    double total = 0.0;
+    for (int64_t t = 0; t < size; ++t) total += (dist[t] = std::exp(lowest - dist[t]));
+    for (int64_t t = 0; t < size; ++t) out[t] = static_cast<float>(dist[t] / total);
+}
+
+// V[i] (SPEC §2.1 steps 2-4) into `out`: E(i), then its weights.
+template <typename RHalf>
+void v_row(const float* x, int64_t d, const int64_t* rank, int64_t K, int64_t len1, int64_t i,
+           RHalf r_half_of, std::vector<uint8_t>& in_r1, std::vector<int64_t>& r1,
+           std::vector<int64_t>& e, std::vector<double>& dist, Row& out) {
+    expansion_set(rank, K, len1, i, r_half_of, in_r1, r1, e);
     out = Row();
     if (e.empty()) return;
     dist.resize(e.size());
-    double lowest = INFINITY;
-    for (size_t t = 0; t < e.size(); ++t) {
-        dist[t] = sq_distance(x + i * d, x + e[t] * d, d);
-        lowest = std::min(lowest, dist[t]);
-    }
-    double total = 0.0;
-    for (double& w : dist) total += (w = std::exp(lowest - w));
+    for (size_t t = 0; t < e.size(); ++t) dist[t] = sq_distance(x + i * d, x + e[t] * d, d);
     out.col = e;
     out.val.resize(e.size());
-    for (size_t t = 0; t < e.size(); ++t) out.val[t] = static_cast<float>(dist[t] / total);
+    weigh_row(dist.data(), e.size(), out.val.data());
 }
 
 
@@ -77,6 +90,30 @@ void reciprocal_table(const int64_t* rank, int64_t K, const std::vector<int64_t>
         }
     }
 }
+
+// R(c, half) of every c among the first len1 neighbours of `rows`, only those.
+struct HalfTable {
+    int64_t len_half;
+    std::vector<int64_t> slot, table, size;
+    HalfTable(const int64_t* rank, int64_t n, int64_t K, int64_t len1, int64_t len_half_,
+              const std::vector<int64_t>& rows)
+        : len_half(len_half_), slot(n, -1) {
+        std::vector<int64_t> half_rows;
+        for (int64_t i : rows)
+            for (int64_t t = 0; t < len1; ++t) {
+                const int64_t c = rank[i * K + t];
+                if (slot[c] < 0) {
+                    slot[c] = half_rows.size();
+                    half_rows.push_back(c);
+                }
+            }
+        reciprocal_table(rank, K, half_rows, len_half, table, size);
+    }
+    std::pair<const int64_t*, int64_t> of(int64_t c) const {
+        const int64_t s = slot[c];
+        return {table.data() + s * len_half, size[s]};
+    }
+};
 
 // V'[i] = mean of V[rank[i, t]] for t < len2 (added in kNN order) into `out`;
 // v_of(j) returns the Row V[j].
@@ -243,22 +280,8 @@ Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, i
         std::sort(v_rows.begin(), v_rows.end());
         v_rows.erase(std::unique(v_rows.begin(), v_rows.end()), v_rows.end());
     }
-    // R(c, half) of every c among the first len1 neighbours of those rows
-    std::vector<int64_t> half_slot(n, -1), half_rows;
-    for (int64_t i : v_rows)
-        for (int64_t t = 0; t < len1; ++t) {
-            const int64_t c = rank[i * K + t];
-            if (half_slot[c] < 0) {
-                half_slot[c] = half_rows.size();
-                half_rows.push_back(c);
-            }
-        }
-    std::vector<int64_t> r_half, r_half_size;
-    reciprocal_table(rank, K, half_rows, len_half, r_half, r_half_size);
-    auto r_half_of = [&](int64_t c) {
-        const int64_t s = half_slot[c];
-        return std::pair<const int64_t*, int64_t>(r_half.data() + s * len_half, r_half_size[s]);
-    };
+    const HalfTable half_table(rank, n, K, len1, len_half, v_rows);
+    auto r_half_of = [&](int64_t c) { return half_table.of(c); };
     std::vector<int64_t> v_slot(n, -1);
     for (size_t s = 0; s < v_rows.size(); ++s) v_slot[v_rows[s]] = s;
     std::vector<Row> v(v_rows.size());
@@ -324,6 +347,76 @@ Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, 
         }
     }
     return csr_from_rows(rows);
+}
+
+Csr expansion_sets_cpu(const int64_t* rank, int64_t n, int64_t K, int64_t k1, int64_t half,
+                       int64_t r0, int64_t r1) {
+    const int64_t len1 = std::min(k1, K), len_half = std::min(half + 1, K);
+    std::vector<int64_t> rows(r1 - r0);
+    std::iota(rows.begin(), rows.end(), r0);
+    const HalfTable half_table(rank, n, K, len1, len_half, rows);
+    std::vector<Row> sets(r1 - r0);
+#pragma omp parallel
+    {
+        std::vector<int64_t> r1_buf;
+        std::vector<uint8_t> in_r1(n, 0);
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = r0; i < r1; ++i) {
+            expansion_set(rank, K, len1, i, [&](int64_t c) { return half_table.of(c); }, in_r1,
+                          r1_buf, sets[i - r0].col);
+            sets[i - r0].val.assign(sets[i - r0].col.size(), 0.0f);
+        }
+    }
+    return csr_from_rows(sets);
+}
+
+void pair_distances_cpu(const float* xa, const int64_t* ia, const float* xb, const int64_t* ib,
+                        int64_t pairs, int64_t d, double* out) {
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < pairs; ++t) out[t] = sq_distance(xa + ia[t] * d, xb + ib[t] * d, d);
+}
+
+void weigh_rows_cpu(const int64_t* crow, int64_t rows, double* dist, float* out) {
+#pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t i = 0; i < rows; ++i)
+        weigh_row(dist + crow[i], crow[i + 1] - crow[i], out + crow[i]);
+}
+
+Csr expand_rows_cpu(const int64_t* v_crow, const int64_t* v_col, const float* v_val, int64_t n,
+                    const int64_t* rank, int64_t K, int64_t k2, int64_t r0, int64_t r1) {
+    const int64_t len2 = k2 <= 1 ? 1 : std::min(k2, K);
+    auto v_of_csr = [&](int64_t j) {
+        Row row;
+        row.col.assign(v_col + v_crow[j], v_col + v_crow[j + 1]);
+        row.val.assign(v_val + v_crow[j], v_val + v_crow[j + 1]);
+        return row;
+    };
+    std::vector<Row> out(r1 - r0);
+    if (k2 <= 1) {
+        for (int64_t i = r0; i < r1; ++i) out[i - r0] = v_of_csr(i);
+        return csr_from_rows(out);
+    }
+    // the V rows the block averages, copied once each
+    std::vector<int64_t> v_rows;
+    for (int64_t i = r0; i < r1; ++i)
+        for (int64_t t = 0; t < len2; ++t) v_rows.push_back(rank[i * K + t]);
+    std::sort(v_rows.begin(), v_rows.end());
+    v_rows.erase(std::unique(v_rows.begin(), v_rows.end()), v_rows.end());
+    std::vector<int64_t> v_slot(n, -1);
+    std::vector<Row> v(v_rows.size());
+    for (size_t s = 0; s < v_rows.size(); ++s) {
+        v_slot[v_rows[s]] = s;
+        v[s] = v_of_csr(v_rows[s]);
+    }
+#pragma omp parallel
+    {
+        Accumulator acc(n);
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = r0; i < r1; ++i)
+            expand_row(acc, [&](int64_t j) -> const Row& { return v[v_slot[j]]; }, rank, K, i, len2,
+                       out[i - r0]);
+    }
+    return csr_from_rows(out);
 }
 
 }  // namespace pplr

@@ -63,11 +63,15 @@ void topk_from_distances_cpu(const double* dist, int64_t rows, int64_t n, int64_
     }
 }
 
+StreamingTopK::StreamingTopK(int64_t rows, int64_t k, const double* error_bound,
+                             double output_roundoff)
+    : k_(k), roundoff_(output_roundoff), bound_(error_bound, error_bound + rows), rows_(rows) {}
+
 SymmetricTopK::SymmetricTopK(int64_t n, int64_t k, const double* error_bound,
                              double output_roundoff)
-    : n_(n), k_(k), roundoff_(output_roundoff), bound_(error_bound, error_bound + n), rows_(n) {}
+    : StreamingTopK(n, k, error_bound, output_roundoff), n_(n) {}
 
-inline void SymmetricTopK::offer(int64_t row, float score, int64_t column) {
+inline void StreamingTopK::offer(int64_t row, float score, int64_t column) {
     Row& r = rows_[row];
     if (static_cast<int64_t>(r.heap.size()) < k_) {
         r.heap.push_back(score);
@@ -198,6 +202,70 @@ void SymmetricTopK::finish_rows(int64_t a, int64_t b, const float* x, int64_t d,
             }
             r = Row();
         }
+    }
+}
+
+RingTopK::RingTopK(int64_t rows, int64_t k, const double* error_bound, double output_roundoff)
+    : StreamingTopK(rows, k, error_bound, output_roundoff), best_(rows) {}
+
+void RingTopK::consume(const uint16_t* scores_bf16, int64_t a, int64_t rows, int64_t c0,
+                       int64_t width) {
+    consume_block(scores_bf16, a, rows, c0, width, bf16_to_float);
+}
+
+void RingTopK::consume(const float* scores, int64_t a, int64_t rows, int64_t c0, int64_t width) {
+    consume_block(scores, a, rows, c0, width, [](float s) { return s; });
+}
+
+template <typename Score, typename ToFloat>
+void RingTopK::consume_block(const Score* scores, int64_t a, int64_t rows, int64_t c0,
+                             int64_t width, ToFloat to_float) {
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t b = 0; b < rows; ++b) {
+        const Score* src = scores + b * width;
+        for (int64_t c = 0; c < width; ++c) offer(a + b, to_float(src[c]), c0 + c);
+    }
+}
+
+void RingTopK::merge(int64_t row, std::vector<Entry>& entries) {
+    std::vector<Entry>& best = best_[row];
+    best.insert(best.end(), entries.begin(), entries.end());
+    const size_t keep = std::min<size_t>(best.size(), static_cast<size_t>(k_));
+    std::partial_sort(best.begin(), best.begin() + keep, best.end());
+    best.resize(keep);
+}
+
+void RingTopK::rerank(const float* x_rows, const float* x_cols, int64_t d, int64_t c0) {
+    const int64_t n_rows = rows_.size();
+#pragma omp parallel
+    {
+        std::vector<Entry> cand;
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t i = 0; i < n_rows; ++i) {
+            Row& r = rows_[i];
+            cand.clear();
+            for (const auto& c : r.cand)
+                if (c.first >= r.floor) cand.push_back({0.0, c.second});
+            r.cand.clear();
+            r.pruned_size = 0;
+            const float* xi = x_rows + i * d;
+            for (auto& c : cand) c.first = sq_distance(xi, x_cols + (c.second - c0) * d, d);
+            merge(i, cand);
+        }
+    }
+}
+
+void RingTopK::finish(double* out_dist, int64_t* out_index) {
+    const int64_t n_rows = rows_.size();
+    for (int64_t i = 0; i < n_rows; ++i) {
+        require(static_cast<int64_t>(best_[i].size()) == k_,
+                "a row has fewer than k neighbours: not every block visited");
+        for (int64_t t = 0; t < k_; ++t) {
+            out_dist[i * k_ + t] = best_[i][t].first;
+            out_index[i * k_ + t] = best_[i][t].second;
+        }
+        best_[i] = std::vector<Entry>();
+        rows_[i] = Row();
     }
 }
 

@@ -12,21 +12,40 @@ namespace pplr {
 void topk_from_distances_cpu(const double* dist, int64_t rows, int64_t n, int64_t k,
                              double* out_dist, int64_t* out_index);
 
+// The streaming state both selections share: per row a min-heap of the k best
+// low-precision scores seen so far and the columns that can still beat the
+// exact k-th neighbour under the error bound (see candidate_floor).
+//
+// error_bound[i] bounds |score - exact <x_i, x_j>| for row i apart from
+// the rounding of the score itself to its storage type (relative,
+// output_roundoff: 2^-8 for bf16 scores, 0 for fp32 GEMM output).
+class StreamingTopK {
+  protected:
+    StreamingTopK(int64_t rows, int64_t k, const double* error_bound, double output_roundoff);
+    struct Row {
+        std::vector<float> heap;                         // min-heap of the k best scores
+        std::vector<std::pair<float, int32_t>> cand;     // (score, column)
+        size_t pruned_size = 0;
+        float floor = -INFINITY;
+    };
+    void offer(int64_t row, float score, int64_t column);
+    int64_t k_;
+    double roundoff_;
+    std::vector<double> bound_;
+    std::vector<Row> rows_;
+};
+
 // Exact top-k of every row of a symmetric similarity matrix delivered as
 // low-precision (bf16 or fp32) row blocks [r0, r0 + rows) x [r0, n): each block
 // serves its own rows and, transposed, the rows of the columns right of it,
 // so the GEMM producing the blocks does half the work.
 //
-// error_bound[i] bounds |score - exact <x_i, x_j>| for row i apart from
-// the rounding of the score itself to its storage type (relative,
-// output_roundoff: 2^-8 for bf16 scores, 0 for fp32 GEMM output). Every
-// row keeps a min-heap of its k best scores and every column that could still
-// beat the exact k-th neighbour under that bound, as the threshold rises
-// (see candidate_floor); finish() re-ranks the candidates with fp64 distances
+// Every row keeps the columns that could still beat the exact k-th neighbour
+// as the threshold rises; finish() re-ranks the candidates with fp64 distances
 // 2 - 2<x_i, x_j>, so the result is the exact top-k sorted by (distance,
 // column). A row with more than `cap` candidates is flagged in
 // `overflow` (output left unset) for the caller to finish from exact distances.
-class SymmetricTopK {
+class SymmetricTopK : public StreamingTopK {
   public:
     SymmetricTopK(int64_t n, int64_t k, const double* error_bound, double output_roundoff);
     void consume(const uint16_t* scores_bf16, int64_t r0, int64_t rows);
@@ -50,19 +69,38 @@ class SymmetricTopK {
                      double* out_dist, int64_t* out_index, uint8_t* overflow);
 
   private:
-    struct Row {
-        std::vector<float> heap;                         // min-heap of the k best scores
-        std::vector<std::pair<float, int32_t>> cand;     // (score, column)
-        size_t pruned_size = 0;
-        float floor = -INFINITY;
-    };
-    void offer(int64_t row, float score, int64_t column);
     template <typename Score, typename ToFloat>
     void consume_block(const Score* scores, int64_t r0, int64_t rows, ToFloat to_float);
-    int64_t n_, k_;
-    double roundoff_;
-    std::vector<double> bound_;
-    std::vector<Row> rows_;
+    int64_t n_;
+};
+
+// Exact top-k of the rows of one block against every row, the other blocks
+// visiting one at a time (the ring of the distributed stage): rows are local
+// (0 .. rows - 1), columns global. For each visiting block [c0, c0 + width):
+// consume() its low-precision scores (any split of the block's rows), then
+// rerank() computes the fp64 distance sq_distance(x_row, x_column) of every
+// column of that block still above the row's floor — while its features are
+// here — and merges them into the row's running exact top-k by (distance,
+// column). The floor only rises, so every true neighbour is re-ranked when its
+// block visits; finish() returns the exact top-k. There is no cap on a row's
+// candidates (finish()'s fp64 GEMM fallback): every distance of a row comes
+// from sq_distance, so exact copies of a row tie in every block.
+class RingTopK : public StreamingTopK {
+  public:
+    RingTopK(int64_t rows, int64_t k, const double* error_bound, double output_roundoff);
+    void consume(const uint16_t* scores_bf16, int64_t a, int64_t rows, int64_t c0, int64_t width);
+    void consume(const float* scores, int64_t a, int64_t rows, int64_t c0, int64_t width);
+    void rerank(const float* x_rows, const float* x_cols, int64_t d, int64_t c0);
+    void finish(double* out_dist, int64_t* out_index);
+    int64_t rows() const { return static_cast<int64_t>(rows_.size()); }
+    int64_t k() const { return k_; }
+
+  private:
+    template <typename Score, typename ToFloat>
+    void consume_block(const Score* scores, int64_t a, int64_t rows, int64_t c0, int64_t width,
+                       ToFloat to_float);
+    void merge(int64_t row, std::vector<std::pair<double, int64_t>>& entries);
+    std::vector<std::vector<std::pair<double, int64_t>>> best_;   // running exact top-k
 };
 
 }  // namespace pplr

@@ -264,3 +264,46 @@ def cross_agreement_of_rows(rank_g: torch.Tensor, ranks_p: list[torch.Tensor], k
     """Rows [first_row, first_row + len(rank_g)) of :func:`cross_agreement_from_neighbours`
     of an N = ``n`` problem, from those rows' kNN lists."""
     return fast_cpu.cross_agreement_of_rows(rank_g, ranks_p, k, first_row, n)
+
+
+# ---------------------------------------------------------------- the ring (distributed stage)
+# With features="ring" each rank holds only its block of the features; the
+# other blocks visit in turn. The same arithmetic as the entries above.
+def ring_maxima(x: torch.Tensor) -> tuple[float, float]:
+    """This block's (M, rho_max) of the fast kNN's error bound; the ring takes the largest."""
+    return fast_cpu.ring_maxima(x)
+
+
+def ring_neighbours(x: torch.Tensor, k: int, n: int, maxima: tuple[float, float]
+                    ) -> "fast_cpu.RingNeighbours":
+    """The fast CPU kNN of the block ``x`` against all ``n`` rows, the blocks visiting in
+    turn (:class:`fast_cpu.RingNeighbours`); ``maxima`` over all rows (:func:`ring_maxima`)."""
+    check_k("k", k)
+    return fast_cpu.RingNeighbours(x, k, n, maxima)
+
+
+def expansion_sets(rank: torch.Tensor, k1: int, r0: int, r1: int):
+    """E(i) of rows [r0, r1) (numpy CSR ``(crow, col)``) from the whole kNN lists
+    (N, >= min(k1, N)): the columns of the rows of V."""
+    n = rank.shape[0]
+    check_neighbour_lists(rank, n, min(k1, n), rank.device)
+    return fast_cpu.expansion_sets(rank[:, :min(k1, n)], k1, r0, r1)
+
+
+def pair_distances(x_a: torch.Tensor, i_a, x_b: torch.Tensor, i_b):
+    """fp64 distances of the rows ``x_a[i_a[t]]``, ``x_b[i_b[t]]`` (numpy), the numbers the
+    encoding computes."""
+    return fast_cpu.pair_distances(x_a, i_a, x_b, i_b)
+
+
+def weigh_rows(crow, dist):
+    """V's values of the rows with columns E(i) (CSR ``crow``) from their distances."""
+    return fast_cpu.weigh_rows(crow, dist)
+
+
+def expand_rows(v, rank: torch.Tensor, k1: int, k2: int, r0: int, r1: int):
+    """Rows [r0, r1) of :func:`encode_rows`' V' from the whole V (numpy CSR of N rows, the
+    :func:`weigh_rows` of every block) and the whole kNN lists."""
+    n = rank.shape[0]
+    check_neighbour_lists(rank, n, min(k1, n), rank.device)
+    return fast_cpu.expand_rows(v, rank[:, :min(k1, n)], k2, r0, r1)

@@ -130,8 +130,24 @@ def ieee_matmul():
             cpu.fp32_precision = cpu_precision
 
 
-def rounding_error_bounds(x: torch.Tensor, x_low: torch.Tensor, accumulate_roundoff: float
-                          ) -> torch.Tensor:
+def rounding_maxima(x: torch.Tensor, x_low: torch.Tensor) -> tuple[float, float]:
+    """(M, rho_max) of :func:`rounding_error_bounds` over the rows of ``x`` (0 for no rows)."""
+    rho, norm = _scaled_norms(x, x_low)
+    return (float(norm.max()) if norm.numel() else 0.0, float(rho.max()) if rho.numel() else 0.0)
+
+
+def _scaled_norms(x: torch.Tensor, x_low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d = x.shape[1]
+    slack = 1 + 2 * (d + 1) * 2.0 ** -24
+    rho = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    step = max(1, BLOCK_BYTES // (4 * max(1, x.shape[1])))
+    for r0 in range(0, x.shape[0], step):
+        rho[r0:r0 + step] = (x_low[r0:r0 + step].float() - x[r0:r0 + step]).norm(dim=1)
+    return rho.double() * slack, x.float().norm(dim=1).double() * slack
+
+
+def rounding_error_bounds(x: torch.Tensor, x_low: torch.Tensor, accumulate_roundoff: float,
+                          maxima: tuple[float, float] | None = None) -> torch.Tensor:
     """Per-row c_i (float64) of the fast kNN filter.
 
     For rows x_i, x_j and their low-precision copies x~, the computed
@@ -145,16 +161,14 @@ def rounding_error_bounds(x: torch.Tensor, x_low: torch.Tensor, accumulate_round
     (Sterbenz: a rounding stays within a factor 2 of its input), and an fp32
     norm over D terms is within D * 2^-24 of the true one, so the norms are
     computed in fp32 and inflated by that much.
+
+    ``maxima``: (M, rho_max) over the rows the scores pair ``x`` with, when
+    those are not ``x`` itself (:func:`rounding_maxima` of each block, the
+    largest of them; the distributed stage's ring).
     """
     d = x.shape[1]
-    slack = 1 + 2 * (d + 1) * 2.0 ** -24
-    rho = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    step = max(1, BLOCK_BYTES // (4 * max(1, x.shape[1])))
-    for r0 in range(0, x.shape[0], step):
-        rho[r0:r0 + step] = (x_low[r0:r0 + step].float() - x[r0:r0 + step]).norm(dim=1)
-    rho = rho.double() * slack
-    norm = x.float().norm(dim=1).double() * slack
-    big, rho_max = float(norm.max()), float(rho.max())
+    rho, norm = _scaled_norms(x, x_low)
+    big, rho_max = maxima if maxima is not None else (float(norm.max()), float(rho.max()))
     gamma = 1.01 * d * accumulate_roundoff
     accumulation = gamma * ((norm + rho) * (big + rho_max) + norm * big)
     return rho * big + norm * rho_max + rho * rho_max + accumulation + 1e-6

@@ -15,8 +15,9 @@ parameters; all_gather/all_to_all of unequal pieces pad them to the longest):
 1. ``features``: ``all_gather`` of every block of X_g and X_p, (1 + N_p) B D
    floats from every rank (skipped with ``gathered=True``: the trainer's
    sharded extraction already gathered them). Each rank then holds the whole
-   features: memory O(N·D) per rank (a ring exchange that keeps O(N·D / K)
-   is not implemented).
+   features: memory O(N·D) per rank. With ``features="ring"`` nothing is
+   gathered: an ``all_reduce`` (max) of 2 (1 + N_p) floats (the kNN error
+   bound's largest norms), and each rank keeps only its block.
 2. ``knn_global`` / ``knn_parts`` (fast CPU path): the upper triangle of each
    space's score matrix is cut into 2K row strips (rows [s0, s1) x columns
    [s0, N)); rank r computes strips r and 2K - 1 - r, which together are
@@ -48,6 +49,25 @@ parameters; all_gather/all_to_all of unequal pieces pad them to the longest):
 6. ``cross_agreement``: each rank scores its block from its own kNN rows;
    ``all_gather`` of B N_p float32 scores.
 
+With ``features="ring"`` (fast CPU path; memory O(N·D / K + N·k) per rank):
+
+2r. ``knn_global`` / ``knn_parts``: one ring pass per space. The blocks visit
+   every rank in turn (K - 1 ``batch_isend_irecv`` steps, each sending the
+   visiting block, B D floats, to rank r + 1 and receiving the next from
+   r - 1: every rank receives (N - B_r) D floats per space). While a block
+   visits, the rank scores its rows against it (the same bf16/fp32 filter
+   GEMM and error bound), re-ranks the columns still above each row's floor
+   with the fp64 distances the one process computes, and merges them into a
+   running exact top-k by (distance, index). Each rank computes its rows
+   against all N: the whole score matrix over the ranks, twice the GEMM of
+   the shared upper triangle (the price of not holding the features).
+3r. ``encoding``: ``all_gather`` of the global kNN lists as in step 3; each
+   rank lists E(i) of its rows, a second ring pass over X_g computes d(i, e)
+   while e's block visits ((N - B_r) D floats received), the rank weighs its
+   rows of V, ``all_gather`` shares V (~N·(tens) (int64, float32) pairs), and
+   each rank expands its block to V' rows, gathered as in step 3.
+   Steps 4-6 are unchanged (they need no features).
+
 Other backends: steps 3-6 run whole on every rank from the gathered kNN lists
 (``all_gather`` of the global and part lists), which are O(N·k) and cheap next
 to the kNN.
@@ -66,6 +86,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -75,6 +96,7 @@ from .sparse_distance import SparseDistance
 from .stage import STAGES, ClusterStageResult, StageClock
 
 DBSCAN_ON = ("every", "one")
+FEATURES = ("gather", "ring")
 
 
 class DistributedStageError(RuntimeError):
@@ -229,6 +251,42 @@ class _Ranks:
                     size * (sum(out_sizes) - out_sizes[self.rank]))
         return list(torch.split(received.to(self.data_device), out_sizes))
 
+    def all_reduce_max(self, values: torch.Tensor) -> torch.Tensor:
+        moved = values.to(self.device)
+        self._collective(lambda: dist.all_reduce(moved, op=dist.ReduceOp.MAX, group=self.group))
+        nbytes = moved.numel() * moved.element_size()
+        self._count(nbytes, nbytes)
+        return moved.to(self.data_device)
+
+    def ring(self, block: torch.Tensor, counts: list[int]):
+        """Every rank's block visits this rank once: yields (owner, its rows), this rank's
+        own first. Between visits each rank sends the visiting block to rank + 1 and
+        receives the next one from rank - 1 (``batch_isend_irecv``); ``counts[s]`` rows
+        of rank s's block, the same trailing shape everywhere."""
+        current, owner = block.contiguous(), self.rank
+        for step in range(self.world):
+            yield owner, current
+            if step == self.world - 1:
+                return
+            source = (owner - 1) % self.world
+            incoming = current.new_empty((counts[source], *current.shape[1:]), device=self.device)
+            outgoing = current.to(self.device)
+            ops = []
+            if outgoing.numel():
+                ops.append(dist.P2POp(dist.isend, outgoing, (self.rank + 1) % self.world,
+                                      self.group))
+            if incoming.numel():
+                ops.append(dist.P2POp(dist.irecv, incoming, (self.rank - 1) % self.world,
+                                      self.group))
+
+            def exchange():
+                for work in dist.batch_isend_irecv(ops) if ops else []:
+                    work.wait()
+            self._collective(exchange)
+            self._count(outgoing.numel() * outgoing.element_size(),
+                        incoming.numel() * incoming.element_size())
+            current, owner = incoming.to(self.data_device), source
+
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         moved = tensor.to(self.device)
         self._collective(lambda: dist.broadcast(moved, src=0, group=self.group))
@@ -261,6 +319,21 @@ def _strip_neighbours(ranks: _Ranks, x: torch.Tensor, k: int, bounds: list[int]
             if s != ranks.rank:
                 strips.give_rows(r0, r1, ptrs[s], cols[s], scores[s])
         index = strips.finish_rows(r0, r1)[1]
+    return index
+
+
+def _ring_neighbours(ranks: _Ranks, x_block: torch.Tensor, k: int, bounds: list[int],
+                     maxima: tuple[float, float]) -> torch.Tensor:
+    """Index rows (B_r, min(k, N)) of this rank's block, every block visiting in the ring."""
+    counts = [bounds[s + 1] - bounds[s] for s in range(ranks.world)]
+    with ranks.local("the kNN of the block"):
+        selection = api.ring_neighbours(x_block, k, bounds[-1], maxima)
+    for owner, visiting in ranks.ring(x_block, counts):
+        with ranks.local(f"the kNN ring, step {(ranks.rank - owner) % ranks.world + 1} "
+                         f"of {ranks.world}"):
+            selection.visit(visiting, bounds[owner])
+    with ranks.local("the kNN of the block"):
+        index = selection.finish()[1]
     return index
 
 
@@ -305,7 +378,7 @@ def _check_same_arguments(ranks: _Ranks, signature: tuple) -> None:
 def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float,
                                   k1: int = 30, k2: int = 6, min_samples: int = 4, k: int = 20,
                                   backend: str = api.DEFAULT_BACKEND, gathered: bool = False,
-                                  dbscan_on: str = "every", group=None
+                                  features: str = "gather", dbscan_on: str = "every", group=None
                                   ) -> DistributedStageResult:
     """Pseudo-labels and cross-agreement scores of the whole training set on every rank.
 
@@ -320,6 +393,16 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
             may be empty); with ``gathered=True``, the whole (N, D) and
             (N, D, N_p) features, the same on every rank.
         eps, k1, k2, min_samples, k, backend: as in :func:`run_cluster_stage`.
+        features: ``"gather"`` (default): every rank gathers the whole
+            features, O(N·D) memory per rank, and the kNN GEMM is the upper
+            triangle shared by the ranks. ``"ring"`` (fast CPU path only, with
+            ``gathered=False``): each rank keeps only its block and the blocks
+            visit in a ring, O(N·D / K + N·k) memory per rank, for features
+            that do not fit on one rank; each rank then computes its rows
+            against all N (the full matrix, twice the GEMM of "gather"), so
+            "gather" stays the default wherever the features fit. The
+            trainer gathers the features anyway (it needs them whole for the
+            classifier centroids), so it keeps "gather".
         dbscan_on: ``"every"`` rank runs DBSCAN on the gathered graph, or
             ``"one"`` (rank 0) runs it and broadcasts the labels.
         group: the process group (default: the world).
@@ -337,12 +420,19 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                                       result.backend, rows=(0, n), world_size=1)
     if dbscan_on not in DBSCAN_ON:
         raise ClusterInputError(f"dbscan_on must be one of {DBSCAN_ON}, got {dbscan_on!r}")
+    if features not in FEATURES:
+        raise ClusterInputError(f"features must be one of {FEATURES}, got {features!r}")
+    ring = features == "ring"
+    if ring and gathered:
+        raise ClusterInputError("features='ring' keeps only this rank's block, but with "
+                                "gathered=True every rank already holds the whole features: "
+                                "pass features='gather', or this rank's block with gathered=False")
     device = x_g.device
     ranks = _Ranks(group, device)
     start = time.perf_counter()
     signature = (float(eps), k1, k2, min_samples, k, backend,
                  tuple(x_g.shape[1:]), tuple(x_p.shape[1:]) if x_p.dim() == 3 else None,
-                 str(x_g.dtype), bool(gathered), dbscan_on)
+                 str(x_g.dtype), bool(gathered), features, dbscan_on)
     _check_same_arguments(ranks, signature)
 
     with ranks.stage("features"):
@@ -356,12 +446,17 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                     raise ClusterInputError(
                         f"x_g has {x_g.shape[0]} rows but x_p has shape {tuple(x_p.shape)}; "
                         "pass this rank's block of both, (B, D) and (B, D, N_p)")
-            x_g = ranks.all_gather_rows(x_g.contiguous(), counts)
-            x_p = ranks.all_gather_rows(x_p.contiguous(), counts)
+            if not ring:
+                x_g = ranks.all_gather_rows(x_g.contiguous(), counts)
+                x_p = ranks.all_gather_rows(x_p.contiguous(), counts)
         bounds = block_bounds(counts)
         n = bounds[-1]
         with ranks.local("the input checks"):
-            check_part_features(x_g, x_p)
+            if ring and n == 0:
+                raise ClusterInputError("every rank passed an empty block: the clustering stage "
+                                        "needs at least one image")
+            if not ring or x_g.shape[0]:     # in the ring, this rank's block (if any)
+                check_part_features(x_g, x_p)
             check_jaccard_args(k1, k2, None)
             check_k("k", k)
             check_k("min_samples", min_samples)
@@ -369,16 +464,34 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                 raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
             chosen = api.resolve_backend(backend, device, "cluster stage")
             strips = api.splits_rows(chosen, device)
+            if ring and not strips:
+                raise ClusterInputError(
+                    f"features='ring' needs the fast CPU path (backend='fast', CPU tensors), "
+                    f"not {chosen!r} on {device.type}; pass features='gather'")
+            if ring:      # each space's (M, rho_max) of this block, for the kNN error bound
+                x_g = x_g.float().contiguous()
+                spaces = [x_g] + [x_p[:, :, p].float().contiguous() for p in range(x_p.shape[2])]
+                maxima = torch.tensor([api.ring_maxima(x) for x in spaces], dtype=torch.float64)
+        if ring:
+            maxima = ranks.all_reduce_max(maxima).tolist()
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
 
     with ranks.stage("knn_global"):
-        rank_block = _block_neighbours(ranks, x_g, max(k1, k + 1), bounds, strips)
+        if ring:
+            rank_block = _ring_neighbours(ranks, spaces[0], max(k1, k + 1), bounds, maxima[0])
+        else:
+            rank_block = _block_neighbours(ranks, x_g, max(k1, k + 1), bounds, strips)
     with ranks.stage("knn_parts"):
-        ranks_p_block = [_block_neighbours(ranks, x_p[:, :, p].contiguous(), k + 1, bounds, strips)
-                         for p in range(x_p.shape[2])]
+        if ring:
+            ranks_p_block = [_ring_neighbours(ranks, x, k + 1, bounds, m)
+                             for x, m in zip(spaces[1:], maxima[1:])]
+            del spaces
+        else:
+            ranks_p_block = [_block_neighbours(ranks, x_p[:, :, p].contiguous(), k + 1, bounds,
+                                               strips) for p in range(x_p.shape[2])]
     if strips:
-        labels, scores = _split_rest(ranks, x_g, rank_block, ranks_p_block, bounds, eps, k1, k2,
-                                     min_samples, k, dbscan_on)
+        labels, scores = _split_rest(ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps, k1,
+                                     k2, min_samples, k, dbscan_on)
     else:
         labels, scores = _whole_rest(ranks, x_g, rank_block, ranks_p_block, counts, eps, k1, k2,
                                      min_samples, k, chosen)
@@ -389,16 +502,46 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                                   sent_bytes=dict(ranks.sent))
 
 
-def _split_rest(ranks: _Ranks, x_g, rank_block, ranks_p_block, bounds, eps, k1, k2, min_samples,
-                k, dbscan_on):
-    """Steps 3-6 with the row-block kernels (fast CPU path)."""
-    n = x_g.shape[0]
+def _ring_encoding(ranks: _Ranks, x_block, rank_all, bounds, k1, k2):
+    """This block's rows of V' with only the block's features: E(i) of its rows, the
+    distances d(i, e) computed while e's block visits, V's rows, then all of V gathered
+    (``all_gather``, O(N·k)) for the query expansion."""
+    r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
+    with ranks.local("the encoding sets of the block"):
+        crow, col = api.expansion_sets(rank_all, k1, r0, r1)
+        row_of = np.repeat(np.arange(r1 - r0, dtype=np.int64), np.diff(crow))
+        owner = np.searchsorted(np.asarray(bounds[1:]), col, side="right")
+        order = np.argsort(owner, kind="stable")
+        first = np.searchsorted(owner[order], np.arange(ranks.world + 1))
+        dist = np.empty(col.shape[0], dtype=np.float64)
+    counts = [bounds[s + 1] - bounds[s] for s in range(ranks.world)]
+    for s, visiting in ranks.ring(x_block, counts):
+        with ranks.local(f"the encoding ring, step {(ranks.rank - s) % ranks.world + 1} "
+                         f"of {ranks.world}"):
+            pairs = order[first[s]:first[s + 1]]
+            dist[pairs] = api.pair_distances(x_block, row_of[pairs], visiting,
+                                             col[pairs] - bounds[s])
+    with ranks.local("the encoding of the block"):
+        v_block = (crow, col, api.weigh_rows(crow, dist))
+    v_all = tuple(t.numpy() for t in _gather_csr(ranks, *v_block, everywhere=True))
+    with ranks.local("the encoding of the block"):
+        return api.expand_rows(v_all, rank_all, k1, k2, r0, r1)
+
+
+def _split_rest(ranks: _Ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps, k1, k2,
+                min_samples, k, dbscan_on):
+    """Steps 3-6 with the row-block kernels (fast CPU path); ``x_g`` is this rank's block
+    with ``ring``, else the whole features."""
+    n = bounds[-1]
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
     counts = [bounds[s + 1] - bounds[s] for s in range(ranks.world)]
     with ranks.stage("encoding"):
         rank_all = ranks.all_gather_rows(rank_block[:, :min(k1, n)].contiguous(), counts)
-        with ranks.local("the encoding of the block"):
-            encoding = api.encode_rows(x_g, rank_all, k1, k2, r0, r1)
+        if ring:
+            encoding = _ring_encoding(ranks, x_g, rank_all, bounds, k1, k2)
+        else:
+            with ranks.local("the encoding of the block"):
+                encoding = api.encode_rows(x_g, rank_all, k1, k2, r0, r1)
         encoding = _gather_csr(ranks, *encoding, everywhere=True)
     with ranks.stage("jaccard"):
         with ranks.local("the Jaccard rows of the block"):

@@ -40,7 +40,7 @@ import torch
 
 from . import common
 from .common import (Timer, block_rows, ieee_matmul, neighbour_lists, no_timer,
-                     pairwise_sq_distance, rounding_error_bounds)
+                     pairwise_sq_distance, rounding_error_bounds, rounding_maxima)
 from .sparse_distance import SparseDistance
 
 
@@ -252,3 +252,95 @@ def cross_agreement_of_rows(rank_g: torch.Tensor, ranks_p: list[torch.Tensor], k
     g = rank_g.contiguous().numpy()
     return torch.stack([torch.from_numpy(_cross_agreement.cross_agreement_rows(
         g, p.contiguous().numpy(), k, first_row, n)) for p in ranks_p], dim=1)
+
+
+# ---------------------------------------------------------------- the ring (distributed stage)
+def _low_precision(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """The filter GEMM's operand of ``x``, its output roundoff and bytes per score (as in
+    :func:`nearest_neighbours`)."""
+    if cpu_has_native_bf16():
+        return x.bfloat16(), 2.0 ** -8, 2
+    return x, 0.0, 4
+
+
+def ring_maxima(x: torch.Tensor) -> tuple[float, float]:
+    """(M, rho_max) of this block's rows for the filter's error bound
+    (``common.rounding_maxima``); the ring uses the largest over all blocks."""
+    x = x.float().contiguous()
+    return rounding_maxima(x, _low_precision(x)[0])
+
+
+class RingNeighbours:
+    """The fast kNN of one block of rows against all N rows, the blocks visiting in turn.
+
+    The same filter as :func:`nearest_neighbours` (a bf16 or fp32 GEMM of the
+    block against the visiting block, the rigorous error bound with M and
+    rho_max over all rows) feeds ``_knn.RingTopK``; while a block visits, its
+    columns still above each row's floor are re-ranked with the fp64
+    distances the single process computes and merged into the running exact
+    top-k by (distance, index). After every block has visited, :meth:`finish`
+    gives the rows of :func:`nearest_neighbours`. There is no candidate cap:
+    a row the single process finishes from an fp64 GEMM row (more than
+    ``CANDIDATE_CAP`` candidates: nearly equidistant data) gets the same
+    ranking here but from the C++ fp64 dot products, whose last bit may differ
+    (a GEMM for some blocks and not others would untie exact copies).
+    """
+
+    def __init__(self, x: torch.Tensor, k: int, n: int, maxima: tuple[float, float]):
+        from pplr_fast import _knn
+        self.x = x.float().contiguous()
+        self.k = min(k, n)
+        self.x_low, roundoff, self.score_bytes = _low_precision(self.x)
+        bounds = rounding_error_bounds(self.x, self.x_low, 2.0 ** -24, maxima).numpy()
+        self.selection = _knn.RingTopK(self.x.shape[0], self.k, bounds, roundoff)
+
+    def visit(self, x_cols: torch.Tensor, c0: int) -> None:
+        """The block of rows [c0, c0 + len(x_cols)) visits: score, filter, re-rank."""
+        rows, width = self.x.shape[0], x_cols.shape[0]
+        if not rows or not width:
+            return
+        x_cols = x_cols.float().contiguous()
+        cols_low = _low_precision(x_cols)[0]
+        step = block_rows(width, self.score_bytes)
+        for a in range(0, rows, step):
+            with ieee_matmul():
+                scores = self.x_low[a:a + step] @ cols_low.T
+            if self.score_bytes == 2:
+                self.selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), a, c0)
+            else:
+                self.selection.consume_fp32(scores.numpy(), a, c0)
+            del scores
+        self.selection.rerank(self.x.numpy(), x_cols.numpy(), c0)
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact ``(dist, index)`` of the block's rows, as :func:`nearest_neighbours` gives them."""
+        dist, index = self.selection.finish()
+        return torch.from_numpy(dist), torch.from_numpy(index)
+
+
+def expansion_sets(rank: torch.Tensor, k1: int, r0: int, r1: int):
+    """E(i) of rows [r0, r1) (the columns of V's rows) as numpy CSR ``(crow, col)``, from
+    the whole kNN lists (N, min(k1, N))."""
+    from pplr_fast import _jaccard
+    return _jaccard.expansion_sets(rank.contiguous().numpy(), k1, round(k1 / 2), r0, r1)
+
+
+def pair_distances(x_a: torch.Tensor, i_a: np.ndarray, x_b: torch.Tensor, i_b: np.ndarray
+                   ) -> np.ndarray:
+    """fp64 distances of rows ``x_a[i_a[t]]`` and ``x_b[i_b[t]]``, the encoding's numbers."""
+    from pplr_fast import _jaccard
+    return _jaccard.pair_distances(x_a.float().contiguous().numpy(), i_a,
+                                   x_b.float().contiguous().numpy(), i_b)
+
+
+def weigh_rows(crow: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """V's float32 values of CSR rows from their distances d(i, e)."""
+    from pplr_fast import _jaccard
+    return _jaccard.weigh_rows(crow, dist)
+
+
+def expand_rows(v, rank: torch.Tensor, k2: int, r0: int, r1: int):
+    """Rows [r0, r1) of V' (numpy CSR) from the whole V (CSR of N rows) and kNN lists."""
+    from pplr_fast import _jaccard
+    return _jaccard.expand_rows(*(np.ascontiguousarray(t) for t in v),
+                                rank.contiguous().numpy(), k2, r0, r1)
