@@ -84,8 +84,8 @@ def main() -> None:
     if args.forbid_feature_gather:
         forbid_feature_gather(x_g.shape[1], max(job["counts"]))
     try:
-        result = run_distributed_cluster_stage(x_g, x_p, gathered=job["gathered"],
-                                               **job["params"])
+        params = dict(job["params"], **job.get("rank_params", {}).get(args.rank, {}))
+        result = run_distributed_cluster_stage(x_g, x_p, gathered=job["gathered"], **params)
     except DistributedStageError as err:
         print(f"STAGE ERROR: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

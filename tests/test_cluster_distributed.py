@@ -49,14 +49,16 @@ def free_port() -> int:
 
 
 def run_ranks(tmp_path, x_g, x_p, *, counts=None, gathered=False, params=None, fail="none",
-              fail_rank=1, timeout=60.0, world=2, forbid_feature_gather=False):
-    """Start ``world`` ranks; returns ([result per rank or None], [stderr per rank], seconds)."""
+              fail_rank=1, timeout=60.0, world=2, forbid_feature_gather=False, rank_params=None):
+    """Start ``world`` ranks; returns ([result per rank or None], [stderr per rank], seconds).
+
+    ``rank_params`` maps a rank to settings that only it passes."""
     params = dict(PARAMS, **(params or {}))
     n = x_g.shape[0]
     counts = counts or [n * (r + 1) // world - n * r // world for r in range(world)]
     inputs = str(tmp_path / "inputs.pt")
     torch.save({"x_g": x_g, "x_p": x_p, "counts": counts, "gathered": gathered,
-                "params": params}, inputs)
+                "params": params, "rank_params": rank_params or {}}, inputs)
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(WORKER)), os.environ.get("PYTHONPATH", "")]))
@@ -251,6 +253,16 @@ def test_ring_mode_rejects_the_paths_it_does_not_run(tmp_path):
                                    params={"backend": "reference", **RING})
     assert results == [None, None]
     assert "features='ring' needs the fast CPU path" in errors[0]
+
+
+def test_ranks_called_with_different_settings_all_stop_naming_them(tmp_path):
+    x_g, x_p = clustered_features(60, seed=10)
+    results, errors, _ = run_ranks(tmp_path, x_g, x_p,
+                                   rank_params={1: {"eps": 0.55, **RING}})
+    assert results == [None, None]
+    for err in errors:
+        assert "rank 1 was called with eps=0.55 (rank 0: 0.6), features='ring' (rank 0: " \
+               "'gather')" in err, err
 
 
 def test_a_rank_that_raises_mid_ring_stops_every_rank(tmp_path):

@@ -365,13 +365,15 @@ def _gather_csr(ranks: _Ranks, crow, col, val, everywhere: bool):
     return crow, col, val
 
 
-def _check_same_arguments(ranks: _Ranks, signature: tuple) -> None:
-    seen = ranks.all_gather_object(signature)
+def _check_same_arguments(ranks: _Ranks, settings: dict) -> None:
+    """Every rank must pass the same settings; the error names those that differ."""
+    seen = ranks.all_gather_object(settings)
     for r, other in enumerate(seen):
-        if other != seen[0]:
+        differ = [f"{name}={other[name]!r} (rank 0: {seen[0][name]!r})"
+                  for name in settings if other[name] != seen[0][name]]
+        if differ:
             raise DistributedStageError(
-                f"clustering stage: rank {r} was called with {other} but rank 0 with {seen[0]} "
-                "(eps, k1, k2, min_samples, k, backend, D, N_p, feature dtype); every rank "
+                f"clustering stage: rank {r} was called with {', '.join(differ)}; every rank "
                 "must pass the same settings")
 
 
@@ -430,10 +432,12 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
     device = x_g.device
     ranks = _Ranks(group, device)
     start = time.perf_counter()
-    signature = (float(eps), k1, k2, min_samples, k, backend,
-                 tuple(x_g.shape[1:]), tuple(x_p.shape[1:]) if x_p.dim() == 3 else None,
-                 str(x_g.dtype), bool(gathered), features, dbscan_on)
-    _check_same_arguments(ranks, signature)
+    settings = dict(eps=float(eps), k1=k1, k2=k2, min_samples=min_samples, k=k, backend=backend,
+                    feature_shape=tuple(x_g.shape[1:]),
+                    part_shape=tuple(x_p.shape[1:]) if x_p.dim() == 3 else None,
+                    dtype=str(x_g.dtype), gathered=bool(gathered), features=features,
+                    dbscan_on=dbscan_on)
+    _check_same_arguments(ranks, settings)
 
     with ranks.stage("features"):
         if gathered:
