@@ -375,12 +375,19 @@ def piece_probes(device) -> list[dict]:
         error = max(float((g.cpu() - w).abs().max()) for g, w in zip(got, want))
         return error < 1e-4, f"Triton kernels; max |loss - reference| {error:.1e}"
 
+    def re_ranking():
+        from pplr_fast.rerank import re_rank_features
+        got = re_rank_features(gx[:60], gx[60:], k1=20, k2=6).cpu()
+        want = torch.from_numpy(re_rank_features(x[:60].numpy(), x[60:].numpy(), k1=20, k2=6))
+        error = float((got - want).abs().max())
+        return error < 1e-5, f"device path against the CPU kernels; max |difference| {error:.1e}"
+
     pieces = [("CPU kernels (C++/OpenMP)", cpu_kernels)]
     if device.type == "cuda":
         pieces += [("Triton on the GPU", triton_runs), ("CuPy + NVRTC", cupy_nvrtc_runs)]
     pieces += [("kNN (fast)", knn), ("Jaccard (fast)", jaccard), ("DBSCAN (fast)", dbscan_fast),
                ("DBSCAN by label propagation", dbscan_propagation),
-               ("cross-agreement (fast)", agreement)]
+               ("cross-agreement (fast)", agreement), ("re-ranking", re_ranking)]
     if device.type == "cuda":
         pieces.append(("fused classification loss", fused_loss))
     return [probe(name, run) for name, run in pieces]

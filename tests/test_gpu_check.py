@@ -96,6 +96,7 @@ def test_dry_run_on_cpu_writes_a_complete_report(tmp_path):
     with open(tmp_path / "gpu_check_cpu-simulated.json") as handle:
         data = json.load(handle)
     assert {p["status"] for p in data["pieces"]} == {"native"}
+    assert "re-ranking" in {p["piece"] for p in data["pieces"]}
     assert data["stage"]["labels_equal_cpu"] and data["stage"]["runs_bit_identical"]
     assert [p["n"] for p in data["scaling"]["points"]] == [300, 600]
     assert data["scaling"]["extrapolated"]["n"] == 1_000_000
