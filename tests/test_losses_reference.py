@@ -119,6 +119,15 @@ def test_aals_and_label_smoothing_match_formula(rng, batch, num_classes):
             label_smoothing_formula(logits.numpy(), y.numpy(), 0.2), rel=1e-12)
 
 
+def test_label_smoothing_default_epsilon_is_one_tenth(rng):
+    # SPEC section 3: before aals_epoch the parts use label smoothing with epsilon = 0.1.
+    _, p, y, _ = random_inputs(rng, 5, 7, 1)
+    logits = p[..., 0]
+    want = label_smoothing_formula(logits.numpy(), y.numpy(), epsilon=0.1)
+    assert cross_entropy_label_smoothing(logits, y).item() == pytest.approx(want, rel=1e-12)
+    assert abs(label_smoothing_formula(logits.numpy(), y.numpy(), epsilon=0.11) - want) > 1e-4
+
+
 def test_part_dimension_means_over_parts(rng):
     g, p, y, s = random_inputs(rng, 5, 9, 3)
     per_part = [aals_loss(p[..., n], y, s[:, n]) for n in range(3)]
@@ -302,6 +311,24 @@ def test_proxy_loss_matches_formula(rng, num_hard):
     assert torch.autograd.gradcheck(
         lambda x: inter_camera_proxy_loss(x, y, c, proxies, pids, pcams,
                                           num_hard_negatives=num_hard), (f,))
+
+
+def test_proxy_loss_defaults_are_50_negatives_at_temperature_007(rng):
+    # SPEC section 3 (PPLR-CAM): the 50 most similar proxies of other clusters, T = 0.07.
+    # 80 one-camera clusters: each sample has 79 negatives, more than 50.
+    pids = torch.tensor([0] + list(range(80)))
+    pcams = torch.tensor([1] + [0] * 80)
+    proxies = torch.nn.functional.normalize(torch.tensor(rng.normal(size=(81, 6))), dim=1)
+    f = torch.tensor(rng.normal(size=(3, 6)))
+    y, cams = torch.tensor([0, 0, 5]), torch.tensor([0, 0, 1])         # sample 2: no positive
+    args = (f.numpy(), y.numpy(), cams.numpy(), proxies.numpy(), pids.numpy(), pcams.numpy())
+    want = proxy_formula(*args, num_hard=50, temp=0.07)
+    got = inter_camera_proxy_loss(f, y, cams, proxies, pids, pcams)
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    # the setup can tell the defaults apart from their neighbours
+    assert abs(proxy_formula(*args, num_hard=45, temp=0.07) - want) > 1e-9
+    assert abs(proxy_formula(*args, num_hard=79, temp=0.07) - want) > 1e-9
+    assert abs(proxy_formula(*args, num_hard=50, temp=0.08) - want) > 1e-3
 
 
 def test_proxy_loss_skips_samples_without_positives(rng):
