@@ -16,6 +16,7 @@ from pplr_fast.data import (
     build_test_transform,
     canonical_dataset_name,
     create_dataset,
+    read_rgb_image,
 )
 
 
@@ -31,11 +32,13 @@ def _market_tree(data_dir, folder_name="Market-1501-v15.09.15"):
         "0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0007_c3s3_077419_03.jpg",
         "0000_c1s1_000001_01.jpg",    # distractor: not a training identity
         "-1_c1s1_000002_01.jpg",      # junk
-        "0002_c9s1_000451_03.jpg",    # camera out of range
+        "0002_c7s1_000451_03.jpg",    # camera out of range (Market has cameras 1..6)
         "0002c1s1_000451_03.jpg",     # malformed
     ])
     _touch_images(os.path.join(root, "query"),
-                  ["0003_c1s1_000100_00.jpg", "0003_c4s2_000200_00.jpg"])
+                  ["0003_c1s1_000100_00.jpg", "0003_c4s2_000200_00.jpg",
+                   "0000_c2s1_000150_00.jpg",   # distractor: not a query
+                   "-1_c3s1_000160_00.jpg"])     # junk
     _touch_images(os.path.join(root, "bounding_box_test"), [
         "0003_c2s1_000300_00.jpg", "0000_c5s1_000400_00.jpg", "-1_c6s1_000500_00.jpg",
         "0004_c6s1_000600_00.jpg"])
@@ -51,7 +54,7 @@ def test_market_parser_junk_distractors_and_malformed_names(tmp_path):
     messages = [str(w.message) for w in caught if issubclass(w.category, DatasetWarning)]
     assert len(messages) == 1  # one warning for the train split, none for the others
     assert "train" in messages[0] and "skipped 2" in messages[0]
-    assert "0002_c9s1_000451_03.jpg" in messages[0] or "0002c1s1_000451_03.jpg" in messages[0]
+    assert "0002_c7s1_000451_03.jpg" in messages[0] or "0002c1s1_000451_03.jpg" in messages[0]
 
     train_dir = os.path.join(root, "bounding_box_train")
     assert dataset.name == "market1501" and dataset.root == root
@@ -107,6 +110,7 @@ def _msmt_tree(data_dir):
         "list_train.txt": ["0000/0000_000_01_0303morning_0015_0.jpg 0",
                            "0001/0001_004_15_0303noon_0100_1.jpg 1"],
         "list_val.txt": ["0001/0001_005_07_0303noon_0101_0.jpg 1", "",
+                         "0000/0000_000_01_0303morning_0015_0.jpg 0",  # also in list_train
                          "0001/0001_006_16_0303noon_0102_0.jpg 1"],  # camera 16: malformed
         "list_query.txt": ["0000/0000_000_03_0113morning_0001_0.jpg 0"],
         "list_gallery.txt": ["0000/0000_001_05_0113morning_0002_0.jpg 0",
@@ -134,6 +138,20 @@ def test_msmt_lists_val_merged_into_train_cameras_zero_based(tmp_path):
     assert dataset.query == [(query_path, 0, 2)]
     assert [(pid, cam) for _, pid, cam in dataset.gallery] == [(0, 4), (2, 4)]
     assert dataset.num_train_pids == 2
+
+
+def test_read_rgb_image_converts_grey_palette_and_alpha_images(tmp_path):
+    palette = Image.new("P", (3, 2), 1)
+    palette.putpalette([0, 0, 0, 200, 100, 50])                        # colour 1: (200, 100, 50)
+    sources = {"grey.png": Image.new("L", (3, 2), 77),
+               "alpha.png": Image.new("RGBA", (3, 2), (10, 20, 30, 0)),
+               "palette.png": palette}
+    expected = {"grey.png": (77, 77, 77), "alpha.png": (10, 20, 30), "palette.png": (200, 100, 50)}
+    for name, image in sources.items():
+        image.save(tmp_path / name)
+        rgb = read_rgb_image(str(tmp_path / name))
+        assert rgb.mode == "RGB" and rgb.size == (3, 2), name
+        assert rgb.getpixel((2, 1)) == expected[name], name
 
 
 def test_missing_dataset_folder_names_path_and_layout(tmp_path):
