@@ -72,6 +72,40 @@ def test_epoch_reseeding_is_reproducible_and_changes_the_order():
     assert len(orders) == 5 and tuple(first) not in orders
 
 
+def test_draws_are_uniform_over_identities_cameras_and_images():
+    """Over many epochs, by hand: every identity leads a pass equally often; with 4
+    cameras x 2 images and K=4 each image is drawn in half the epochs; with 6
+    one-image cameras and K=4 each camera in 4/6 of them."""
+    pids, cams = _toy_labels()
+    sampler = RandomIdentitySampler(pids, cams, num_instances=4, seed=11)
+    epochs = 600
+    leading = np.zeros(5)
+    drawn = np.zeros(len(pids))
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        leading[pids[indices[0]]] += 1
+        for group in _groups(indices, 4):
+            if pids[group[0]] in (0, 4):
+                drawn[np.unique(group)] += 1
+    assert np.all(np.abs(leading / epochs - 1 / 5) < 0.06), leading
+    for pid, expected in ((0, 1 / 2), (4, 4 / 6)):
+        frequency = drawn[[i for i, p in enumerate(pids) if p == pid]] / epochs
+        assert np.all(np.abs(frequency - expected) < 0.09), (pid, frequency)
+
+
+def test_short_identities_repeat_images_drawn_independently():
+    # 2 images, K = 4: both once, then 2 repeats each uniform over the two images,
+    # so the split is 2+2 with probability 1/2 and 3+1 or 1+3 with 1/4 each.
+    sampler = RandomIdentitySampler([7, 7], [0, 1], num_instances=4, seed=5)
+    counts = []
+    for epoch in range(800):
+        sampler.set_epoch(epoch)
+        counts.append(list(sampler).count(0))
+    frequency = np.bincount(counts, minlength=5)[1:4] / 800
+    assert np.all(np.abs(frequency - [1 / 4, 1 / 2, 1 / 4]) < 0.06), frequency
+
+
 def test_ranks_take_disjoint_groups_with_equal_lengths():
     pids = np.repeat(np.arange(11), 5)
     cams = np.tile(np.arange(5), 11)
