@@ -12,6 +12,7 @@ from pplr_fast.data.transforms import (
     RandomCrop,
     RandomErasing,
     RandomHorizontalFlip,
+    Resize,
 )
 
 
@@ -27,7 +28,8 @@ def test_test_transform_shape_dtype_and_normalisation():
     out = build_test_transform(32, 16)(image)
     assert out.shape == (3, 32, 16) and out.dtype == torch.float32 and out.is_contiguous()
     rgb = torch.tensor([1.0, 0.0, 128 / 255])
-    expected = (rgb - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    # the ImageNet statistics (SPEC section 4), written out rather than imported
+    expected = (rgb - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(out.mean((1, 2)), expected, atol=1e-5)
     assert torch.equal(out, build_test_transform(32, 16)(image))
 
@@ -52,6 +54,26 @@ def test_flip_frequency_and_effect():
     assert 0.45 < np.mean(flipped) < 0.55
 
 
+@pytest.mark.parametrize("p", [0.1, 0.8])
+def test_flip_and_erasing_probabilities_are_p_not_one_minus_p(p):
+    flip, erase = RandomHorizontalFlip(p), RandomErasing(p=p)
+    image, sentinel = _gradient_image(4, 4), torch.zeros(3, 16, 16)
+    torch.manual_seed(2)
+    flipped = np.mean([np.asarray(flip(image))[0, 0, 0] == 255 for _ in range(1000)])
+    erased = np.mean([bool((erase(sentinel) != 0).any()) for _ in range(1000)])
+    assert abs(flipped - p) < 0.05 and abs(erased - p) < 0.05, (flipped, erased)
+
+
+def test_resize_is_bicubic():
+    noise = np.random.default_rng(0).integers(0, 256, (40, 20, 3), dtype=np.uint8)
+    image = Image.fromarray(noise)
+    out = np.asarray(Resize(24, 12)(image))
+    assert out.shape == (24, 12, 3)
+    assert np.array_equal(out, np.asarray(image.resize((12, 24), Image.Resampling.BICUBIC)))
+    for other in (Image.Resampling.BILINEAR, Image.Resampling.NEAREST, Image.Resampling.LANCZOS):
+        assert not np.array_equal(out, np.asarray(image.resize((12, 24), other)))
+
+
 def test_pad_is_black_and_crop_positions_are_uniform():
     image = _gradient_image(8, 4)
     padded = Pad(10)(image)
@@ -64,9 +86,12 @@ def test_pad_is_black_and_crop_positions_are_uniform():
     marked[0, 0] = 255  # crop contains the corner only when taken at (0, 0)
     crop = RandomCrop(8, 4)
     torch.manual_seed(0)
-    hits = sum(np.asarray(crop(Image.fromarray(marked)))[0, 0] == 255 for _ in range(21 * 21 * 20))
-    # 21 x 21 equally likely offsets: expect 20 hits at (0, 0)
-    assert 5 <= hits <= 40
+    marked[27, 23] = 255  # ... and the opposite corner only at offset (20, 20)
+    torch.manual_seed(0)
+    crops = [np.asarray(crop(Image.fromarray(marked))) for _ in range(21 * 21 * 20)]
+    # 21 x 21 equally likely offsets: expect 20 hits at each extreme offset
+    assert 5 <= sum(c[0, 0] == 255 for c in crops) <= 40
+    assert 5 <= sum(c[7, 3] == 255 for c in crops) <= 40
 
 
 def test_random_erasing_frequency_area_and_fill():
@@ -87,6 +112,36 @@ def test_random_erasing_frequency_area_and_fill():
             fractions.append(erased.float().mean().item())
     assert 0.44 < len(fractions) / 1000 < 0.56
     assert 0.015 < min(fractions) and max(fractions) < 0.42
+
+
+def test_random_erasing_spans_its_area_and_aspect_ranges():
+    # area fraction uniform in [0.02, 0.4], height / width uniform in [0.3, 1 / 0.3]
+    erase = RandomErasing(p=1.0)
+    torch.manual_seed(3)
+    areas, aspects = [], []
+    for _ in range(1500):
+        erased = erase(torch.zeros(3, 100, 100))[0] != 0
+        rows, cols = erased.any(1).sum().item(), erased.any(0).sum().item()
+        areas.append(rows * cols / 1e4)
+        aspects.append(rows / cols)
+    assert 0.015 < min(areas) < 0.03 and 0.36 < max(areas) < 0.42
+    assert 0.25 < min(aspects) < 0.4 and 2.6 < max(aspects) < 3.8  # (rounding to pixels)
+    assert 0.15 < np.median(areas) < 0.25
+
+
+def test_train_transform_pads_10_pixels():
+    # A flat grey image: black rows/columns in the output are padding, at most 10, and
+    # each extreme crop offset (probability 1/21 per axis) shows all 10.
+    transform = build_train_transform(40, 20, flip_p=0.0, erasing_p=0.0)
+    image = Image.new("RGB", (20, 40), (200, 200, 200))
+    torch.manual_seed(4)
+    black_rows, black_cols = [], []
+    for _ in range(300):
+        black = (transform(image)[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).abs() < 1e-6
+        black_rows.append(int(black.all(1).sum()))
+        black_cols.append(int(black.all(0).sum()))
+    assert max(black_rows) == 10 and max(black_cols) == 10
+    assert min(black_rows) == 0 and min(black_cols) == 0
 
 
 def test_train_transform_pipeline_frequencies():
