@@ -81,7 +81,7 @@ def test_market_accepts_short_folder_name_and_the_dataset_folder_itself(tmp_path
 
 def test_duke_parser(tmp_path):
     root = tmp_path / "DukeMTMC-reID"
-    _touch_images(root / "bounding_box_train", ["0005_c2_f0046985.jpg", "0005_c8_f0047000.jpg"])
+    _touch_images(root / "bounding_box_train", ["0005_c2_f0046985.jpg", "0005_c8_f0047000.JPG"])
     _touch_images(root / "query", ["0010_c1_f0000001.jpg"])
     _touch_images(root / "bounding_box_test", ["0010_c3_f0000002.jpg", "0011_c9_f0000003.jpg"])
     with pytest.warns(DatasetWarning, match="gallery: skipped 1"):
@@ -94,7 +94,7 @@ def test_duke_parser(tmp_path):
 def test_veri_parser_cameras_up_to_20(tmp_path):
     root = tmp_path / "VeRi"
     _touch_images(root / "image_train", ["0001_c001_00016450_0.jpg", "0001_c020_00016460_0.jpg",
-                                         "0002_c012_00000001_1.jpg"])
+                                         "0002_c012_00000001_1.png"])
     _touch_images(root / "image_query", ["0003_c005_00000010_0.jpg"])
     _touch_images(root / "image_test", ["0003_c006_00000020_0.jpg", "0003_c021_00000030_0.jpg"])
     with pytest.warns(DatasetWarning, match="camera 1..20"):

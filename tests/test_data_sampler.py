@@ -54,6 +54,16 @@ def test_cameras_are_as_diverse_as_possible():
                 assert sorted(np.bincount(cams_drawn, minlength=2)[:2].tolist()) == [2, 2]
 
 
+def test_camera_diversity_when_neighbouring_identities_share_a_camera():
+    # identity 0 ends and identity 1 starts with camera 1: their cameras stay apart
+    pids, cams = [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 2]
+    sampler = RandomIdentitySampler(pids, cams, num_instances=2, seed=0)
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        for group in _groups(list(sampler), 2):
+            assert cams[group[0]] != cams[group[1]], (epoch, group)
+
+
 def test_epoch_reseeding_is_reproducible_and_changes_the_order():
     pids, cams = _toy_labels()
     a = RandomIdentitySampler(pids, cams, num_instances=4, seed=7)

@@ -129,6 +129,18 @@ def test_random_erasing_spans_its_area_and_aspect_ranges():
     assert 0.15 < np.median(areas) < 0.25
 
 
+def test_random_erasing_stays_strictly_inside_the_image():
+    # a box as tall or as wide as the image is redrawn, never used
+    erase = RandomErasing(p=1.0)
+    torch.manual_seed(6)
+    spans = []
+    for _ in range(2000):
+        erased = erase(torch.zeros(3, 10, 10))[0] != 0
+        spans.append((int(erased.any(1).sum()), int(erased.any(0).sum())))
+    rows, cols = zip(*spans)
+    assert max(rows) == 9 and max(cols) == 9
+
+
 def test_train_transform_pads_10_pixels():
     # A flat grey image: black rows/columns in the output are padding, at most 10, and
     # each extreme crop offset (probability 1/21 per axis) shows all 10.

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from pplr_fast.evaluation import evaluate_ranking, pairwise_distance
+from pplr_fast.evaluation import evaluate_ranking, evaluate_split, pairwise_distance
 
 
 def reference_metrics(distmat, query_pids, gallery_pids, query_cams, gallery_cams,
@@ -153,3 +154,28 @@ def test_end_to_end_from_features(rng):
     assert distmat.dtype == torch.float64
     results = evaluate_ranking(distmat, query_pids, gallery_pids, np.zeros(20), np.ones(100))
     assert results["mAP"] > 0.99 and results["rank1"] == 1.0
+
+
+class _MeanColourModel(torch.nn.Module):
+    """Features = each image's mean RGB colour (undoing the ImageNet normalisation)."""
+
+    def extract(self, images):
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        colour = (images * std + mean).mean((2, 3))
+        return colour, colour[:, :, None]
+
+
+def test_evaluate_split_reads_pid_then_camera_of_each_sample(tmp_path):
+    def image(name, rgb):
+        path = tmp_path / f"{name}.png"
+        Image.new("RGB", (4, 8), rgb).save(path)
+        return str(path)
+    query = [(image("q", (255, 0, 0)), 1, 0)]
+    gallery = [(image("a", (255, 0, 0)), 1, 0),    # same pid, same camera: ignored
+               (image("b", (230, 0, 40)), 2, 1),   # nearest kept entry, another pid
+               (image("c", (180, 0, 90)), 1, 2)]   # the true match, second
+    results = evaluate_split(_MeanColourModel(), query, gallery, height=8, width=4, batch_size=2,
+                             workers=0, device=torch.device("cpu"), progress=False)
+    assert results == {"mAP": 0.5, "rank1": 0.0, "rank5": 1.0, "rank10": 1.0, "mINP": 0.5,
+                       "num_valid_queries": 1}
