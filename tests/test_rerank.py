@@ -161,6 +161,14 @@ def test_re_ranking_changes_the_order_of_plain_distances():
     assert (np.argsort(got, axis=1, kind="stable") != plain).any()
 
 
+def test_float64_distances_are_squared_before_rounding():
+    """float32(x * x), as the copied code's float64 square then cast: not float32(x)
+    squared, which rounds twice (1 + 2^-12 + 2^-30: the two differ by one float32 ulp)."""
+    x = 1 + 2.0 ** -12 + 2.0 ** -30
+    assert np.float32(x * x) != np.float32(x) * np.float32(x)
+    assert rerank._squared_float32(np.array([x]))[0] == np.float32(x * x)
+
+
 def test_re_ranking_reads_columns_of_asymmetric_blocks():
     """Blocks that are not symmetric: D's row i is the block matrix's column i."""
     rng = np.random.default_rng(2)
