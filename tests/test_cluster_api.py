@@ -1,6 +1,7 @@
 """The public clustering ops: input checks, memory refusals and the one backend vocabulary."""
 import importlib.util
 import os
+import re
 import sys
 import warnings
 
@@ -12,6 +13,7 @@ from pplr_fast import backend
 from pplr_fast.cluster import (ClusterInputError, checks, cross_agreement,
                                cross_agreement_from_neighbours, dbscan, jaccard_distance,
                                jaccard_from_neighbours, nearest_neighbours)
+from pplr_fast.cluster.stage import run_cluster_stage
 
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -101,3 +103,67 @@ def test_fallback_warns_once_and_runs_the_reference(monkeypatch):
     assert len(messages) == 1 and "pplr_fast._no_such_kernel" in messages[0]
     assert "pip install -e ." in messages[0]
     assert torch.equal(first.to_dense(), jaccard_distance(x, 6, 2, backend="reference"))
+
+
+def test_argument_boundaries_are_refused_or_accepted_exactly():
+    """Each check at its boundary: the smallest refused value and the largest accepted one."""
+    x = normalize(torch.randn(20, 4, generator=torch.Generator().manual_seed(2)))
+    for k1, k2, name in ((0, 1, "k1"), (5, 0, "k2")):
+        with pytest.raises(ClusterInputError, match=f"{name} must be an integer >= 1, got 0"):
+            jaccard_distance(x, k1, k2, backend="reference")
+    with pytest.raises(ClusterInputError, match="k must be an integer >= 1, got 0"):
+        nearest_neighbours(x, 0, backend="reference")
+    with pytest.raises(ClusterInputError, match="min_samples must be an integer >= 1, got 0"):
+        dbscan(torch.zeros(3, 3), 0.5, 0, backend="reference")
+    with pytest.raises(ClusterInputError, match=r"k2 \(6\) must not exceed k1 \(5\)"):
+        jaccard_distance(x, 5, 6, backend="reference")
+    jaccard_distance(x, 5, 5, backend="reference")                     # k2 == k1 is allowed
+    for bad in (1.5, -0.1):
+        with pytest.raises(ClusterInputError, match=r"max_distance must lie in \[0, 1\]"):
+            jaccard_distance(x, 5, 2, backend="fast", max_distance=bad)
+    rank = nearest_neighbours(x, 9, backend="reference")[1]
+    with pytest.raises(ClusterInputError, match="has 9 neighbours per row but needs 10"):
+        jaccard_from_neighbours(x, rank, 10, 2, backend="reference")   # one column short
+
+
+def test_features_must_be_normalised_to_a_tenth_of_a_percent():
+    """A row 1% off unit norm is refused; the rounding of a float16 copy is not."""
+    x = normalize(torch.randn(20, 8, generator=torch.Generator().manual_seed(3)))
+    off = x.clone()
+    off[4] *= 1.01
+    with pytest.raises(ClusterInputError, match=r"row 4 has norm 1\.01"):
+        nearest_neighbours(off, 3, backend="reference")
+    rounded = x.half().float()
+    assert float((rounded.norm(dim=1) - 1).abs().max()) > 1e-5      # not exactly unit rows
+    nearest_neighbours(rounded, 3, backend="reference")
+
+
+def test_memory_refusals_state_the_dense_matrices_they_need(monkeypatch):
+    """The reference Jaccard holds five fp64 N x N matrices (8 N^2 bytes each) plus
+    the sort's chunk buffers (at most 3 x 256 MiB): the refusal states that size."""
+    n = 20000
+    x = normalize(torch.randn(n, 4, generator=torch.Generator().manual_seed(4)))
+    monkeypatch.setattr(checks, "available_memory", lambda device: 2 ** 30)
+    with pytest.raises(MemoryError) as err:
+        jaccard_distance(x, 5, 2, backend="reference")
+    needs = float(re.search(r"needs about ([0-9.]+) GiB", str(err.value)).group(1))
+    matrices = 5 * 8 * n * n / 2 ** 30
+    assert matrices - 0.05 <= needs <= matrices + 0.75 + 0.05, str(err.value)
+    with pytest.raises(MemoryError, match=r"five dense N x N matrices") as err:
+        run_cluster_stage(x, x[:, :, None], eps=0.5, backend="reference")
+    needs = float(re.search(r"needs about ([0-9.]+) GiB", str(err.value)).group(1))
+    assert matrices - 0.05 <= needs <= matrices + 0.75 + 0.05, str(err.value)
+
+
+def test_memory_guard_keeps_a_tenth_free_and_obeys_the_limit_variable(monkeypatch):
+    """ensure_fits refuses what would use more than 90% of the available memory, and
+    PPLR_FAST_MEMORY_LIMIT_GIB caps what counts as available."""
+    monkeypatch.setattr(checks, "_measured_memory", lambda device: 1000 * 2 ** 20)
+    cpu = torch.device("cpu")
+    checks.ensure_fits(899 * 2 ** 20, cpu, "a test allocation", "a hint")
+    with pytest.raises(MemoryError, match="refused: a test allocation needs about .*; a hint"):
+        checks.ensure_fits(901 * 2 ** 20, cpu, "a test allocation", "a hint")
+    monkeypatch.setenv("PPLR_FAST_MEMORY_LIMIT_GIB", "0.5")
+    assert checks.available_memory(cpu) == 2 ** 29
+    with pytest.raises(MemoryError, match="only 0.5 GiB is available"):
+        checks.ensure_fits(2 ** 29, cpu, "a test allocation", "a hint")

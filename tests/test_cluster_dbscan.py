@@ -205,3 +205,20 @@ def test_pseudo_labels_identical_end_to_end(path, name, knn_mode, monkeypatch, d
     labels = fast_cuda.dbscan_labels(EmulatedLauncher(library, 0), crow.contiguous(),
                                      col.contiguous(), 4)
     assert torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize("seed", [s for s in range(40) if s % 3 == 1])
+def test_dbscan_on_sparse_distances_at_eps(run_dbscan, seed):
+    """Quantised cases (distances exactly at eps) through a SparseDistance, whole and
+    truncated at eps: a pair at d == eps is a neighbour (scikit-learn's d <= eps)."""
+    dist, eps, min_samples = dbscan_case(seed)
+    eps = min(eps, 0.75)          # a SparseDistance reads absent pairs as 1: eps stays below
+    d = dense(dist)
+    assert bool((d == np.float32(eps)).any()), "the case must hold pairs exactly at eps"
+    sparse = SparseDistance.from_dense(dist)
+    crow, col = sparse.truncated(eps).within(eps)
+    assert int(crow[-1]) == int((d <= eps).sum())
+    expected = brute_dbscan(d, eps, min_samples)
+    for source in (sparse, sparse.truncated(eps)):
+        for labels in run_dbscan(source, eps, min_samples):
+            np.testing.assert_array_equal(labels.numpy(), expected)

@@ -126,3 +126,17 @@ def test_jaccard_kernels_return_plain_csr(device):
     crow, col, val = big
     assert crow.dtype == col.dtype == torch.int64 and val.dtype == torch.float32
     assert torch.equal(crow, small[0]) and torch.equal(col, small[1])
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=param_id)
+def test_copies_beyond_k1_have_empty_rows(impl):
+    """Ten exact copies, k1 = 4, no query expansion: every copy's list is the first
+    four copies (ties by index), so copies 9..14 are in no list at all, not even
+    their own: R, E and V' are empty, and their distances, to themselves too, are 1."""
+    x = clustered_features(30, 8, groups=3, spread=0.4, seed=5)
+    x[5:15] = x[5]
+    dist = impl.jaccard(x, 4, 1)
+    dense = dist if impl.is_reference else dist.to_dense()
+    assert bool((dense[9:15] == 1).all()) and bool((dense[:, 9:15] == 1).all())
+    assert bool((dense[5:9, 5:9] < 1e-5).all())
+    np.testing.assert_allclose(dense.numpy(), brute_jaccard(x, 4, 1), atol=1e-5, rtol=0)

@@ -1,10 +1,12 @@
 """The whole clustering stage: both backends give the same pseudo-labels and scores."""
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
-from cluster_oracles import clustered_features, normalize
+from cluster_oracles import (brute_cross_agreement, brute_dbscan, brute_jaccard, clustered_features,
+                             normalize)
 from pplr_fast.cluster import ClusterInputError, dbscan, jaccard_distance
 from pplr_fast.cluster.common import neighbours_without_self
 from pplr_fast.cluster.stage import STAGES, run_cluster_stage
@@ -52,3 +54,33 @@ def test_stage_rejects_bad_eps():
     x_g = normalize(torch.randn(10, 4))
     with pytest.raises(ClusterInputError, match=r"eps must lie in \(0, 1\)"):
         run_cluster_stage(x_g, part_features(x_g, 1, 0.1), eps=1.5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_stage_passes_every_setting_on(backend):
+    """Non-default k1, k2, k (k + 1 > k1), min_samples: labels and scores are the
+    oracles' for those settings, which differ from the defaults' on this case."""
+    x_g = clustered_features(60, 16, groups=10, spread=0.9, seed=21)
+    x_p = part_features(x_g, 2, 0.5)
+    k1, k2, k, min_samples = 8, 3, 12, 3
+    dist = brute_jaccard(x_g, k1, k2)
+    eps = 0.55
+    assert not bool((np.abs(dist - eps) < 1e-4).any()), "pick another eps: a pair sits on it"
+    labels = brute_dbscan(dist, eps, min_samples)
+    scores = brute_cross_agreement(x_g, x_p, k)
+    # the case tells each setting from its default
+    assert not np.array_equal(labels, brute_dbscan(dist, eps, 4))
+    assert not np.array_equal(labels, brute_dbscan(brute_jaccard(x_g, k1, 6), eps, min_samples))
+    assert not np.allclose(scores, brute_cross_agreement(x_g, x_p, 20))
+    res = run_cluster_stage(x_g, x_p, eps=eps, k1=k1, k2=k2, k=k, min_samples=min_samples,
+                            backend=backend)
+    np.testing.assert_array_equal(res.labels.numpy(), labels)
+    np.testing.assert_allclose(res.scores.numpy(), scores, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1.0])
+def test_stage_rejects_eps_at_the_ends(eps):
+    """eps = 1 would join every pair whose neighbourhoods never meet (d = 1)."""
+    x_g = normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ClusterInputError, match=r"eps must lie in \(0, 1\)"):
+        run_cluster_stage(x_g, part_features(x_g, 1, 0.1), eps=eps)

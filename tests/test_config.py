@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pplr_fast.config import (DATASET_PRESETS, DEMO_RECIPE, RECIPE, ConfigError, TrainConfig,
-                              check_config, make_config)
+                              check_config, check_data_size, make_config)
 from pplr_fast.data import DATASET_NAMES
 from pplr_fast.train import build_parser, config_from_args
 
@@ -53,3 +53,44 @@ def test_checks_report_every_problem_at_once():
     for expected in ("--k2 40 must not exceed --k1 30", "--eps must lie in (0, 1)",
                      "multiple of --num-instances", "--lr must be > 0"):
         assert expected in text
+
+
+def test_camera_settings_come_from_the_dataset_preset():
+    msmt = make_config("msmt17", cam=True)
+    assert (msmt.eps, msmt.lam_cam) == (0.6, 1.0)
+    assert make_config("market1501", cam=True).lam_cam == 0.5
+    assert make_config("msmt17", cam=True, lam_cam=0.2).lam_cam == 0.2
+
+
+@pytest.mark.parametrize("name", ["height", "width", "batch_size", "num_instances", "epochs",
+                                  "iters", "step_size", "eval_step", "k1", "k2", "min_samples",
+                                  "k", "parts"])
+def test_each_count_must_be_at_least_one(name):
+    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be >= 1 \\(got 0\\)"):
+        check_config(make_config("synthetic", **{name: 0}))
+
+
+@pytest.mark.parametrize("setting,flag", [(dict(aals_epoch=-1), "--aals-epoch must be >= 0"),
+                                          (dict(workers=-1), "--workers must be >= 0"),
+                                          (dict(weight_decay=-1e-4), "--weight-decay must be >= 0"),
+                                          (dict(lam_cam=-0.5), "--lam-cam must be >= 0"),
+                                          (dict(beta=1.5), r"--beta must lie in \[0, 1\]"),
+                                          (dict(k2=31), "--k2 31 must not exceed --k1 30")])
+def test_just_outside_the_range_is_refused(setting, flag):
+    with pytest.raises(ConfigError, match=flag):
+        check_config(make_config("synthetic", **setting))
+
+
+def test_the_ends_of_each_range_are_accepted():
+    """Settings at the edge of what works: no classification target mixing (beta 0 or
+    1), no camera loss weight, AALS from the first epoch, no workers, k2 == k1."""
+    for setting in (dict(beta=0.0), dict(beta=1.0), dict(lam_cam=0.0), dict(aals_epoch=0),
+                    dict(workers=0), dict(weight_decay=0.0), dict(k2=30, k1=30),
+                    dict(label_smoothing=0.0)):
+        check_config(make_config("synthetic", **setting))
+
+
+def test_the_training_split_needs_k1_images():
+    check_data_size(make_config("synthetic", k1=30), 30)
+    with pytest.raises(ConfigError, match="29 images, fewer than k1=30"):
+        check_data_size(make_config("synthetic", k1=30), 29)

@@ -131,6 +131,7 @@ CASES = [  # kind, Q, G, k1, k2, lambda
     ("clustered", 8, 40, 7, 3, 0.0),        # lambda 0: Jaccard only
     ("clustered", 8, 40, 7, 3, 1.0),        # lambda 1: the scaled original distance
     ("random", 1, 1, 20, 6, 0.3),           # one query, one gallery image
+    ("clustered", 6, 30, 6, 2, 0.3),        # k2 = 2: the shortest query expansion
 ]
 
 
@@ -158,6 +159,14 @@ def test_re_ranking_changes_the_order_of_plain_distances():
     got = re_ranking(*blocks, k1=8, k2=3)
     plain = np.argsort(blocks[0], axis=1, kind="stable")
     assert (np.argsort(got, axis=1, kind="stable") != plain).any()
+
+
+def test_float64_distances_are_squared_before_rounding():
+    """float32(x * x), as the copied code's float64 square then cast: not float32(x)
+    squared, which rounds twice (1 + 2^-12 + 2^-30: the two differ by one float32 ulp)."""
+    x = 1 + 2.0 ** -12 + 2.0 ** -30
+    assert np.float32(x * x) != np.float32(x) * np.float32(x)
+    assert rerank._squared_float32(np.array([x]))[0] == np.float32(x * x)
 
 
 def test_re_ranking_reads_columns_of_asymmetric_blocks():
@@ -230,6 +239,10 @@ def test_re_ranking_errors():
         re_ranking(q_g, q_q, g_g, k1=0)
     with pytest.raises(ValueError, match="k2 must be an integer >= 1"):
         re_ranking(q_g, q_q, g_g, k2=2.5)
+    with pytest.raises(ValueError, match="k1 must be an integer >= 1, got True"):
+        re_ranking(q_g, q_q, g_g, k1=True)
+    with pytest.raises(ValueError, match=r"q_g_dist is empty \(0 queries x 15 gallery images\)"):
+        re_ranking(q_g[:0], q_q[:0, :0], g_g)
     with pytest.raises(ValueError, match=r"lambda_value must lie in \[0, 1\]"):
         re_ranking(q_g, q_q, g_g, lambda_value=1.5)
     bad = g_g.copy()
@@ -238,6 +251,10 @@ def test_re_ranking_errors():
         re_ranking(q_g, q_q, bad)
     with pytest.raises(ValueError, match="at distance 0 from every image"):
         re_ranking(np.zeros_like(q_g), np.zeros_like(q_q), np.zeros_like(g_g))
+    first = q_g.copy()
+    first[0, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf .* query 0"):
+        re_ranking(first, q_q, g_g)
     with pytest.raises(ValueError, match="NaN or Inf .* query 1"):
         rerank._re_ranking_torch(*(torch.from_numpy(b) for b in (q_g, np.where(
             np.eye(5, k=1) > 0, np.inf, q_q), g_g)), 20, 6, 0.3)
@@ -251,6 +268,17 @@ def test_re_ranking_refuses_what_does_not_fit(monkeypatch):
                                           r"but only .* GiB is available; re-rank the queries in "
                                           r"smaller batches"):
         re_ranking(*blocks)
+
+
+def test_re_ranking_counts_its_output_in_the_memory_estimate(monkeypatch):
+    """The (Q, G) float32 result alone takes 4 Q G bytes: with exactly that much
+    available (the guard keeps a tenth free) re-ranking is refused."""
+    rng = np.random.default_rng(2)
+    q = g = 300
+    blocks = distance_blocks(features("random", q + g, rng), q)
+    monkeypatch.setenv("PPLR_FAST_MEMORY_LIMIT_GIB", str(4 * q * g / 2 ** 30))
+    with pytest.raises(MemoryError, match=r"refused: re-ranking 300 queries"):
+        re_ranking(*blocks, k1=1, k2=1)
 
 
 # --------------------------------------------------------------------------- re_rank_features

@@ -13,7 +13,7 @@ import pplr_fast.trainer as trainer_module
 from pplr_fast.cluster.stage import ClusterStageResult
 from pplr_fast.config import make_config
 from pplr_fast.data import make_synthetic_dataset, read_market_layout
-from pplr_fast.trainer import PPLRTrainer, plan_epoch
+from pplr_fast.trainer import PPLRTrainer, cluster_means, plan_epoch
 from pplr_fast.utils.checkpoint import load_checkpoint
 
 
@@ -148,3 +148,43 @@ def test_plan_epoch_decides_from_labels_alone():
     same_camera = plan_epoch(torch.tensor([0, 1, 0, 1, 0, 1]), cams, eps=0.5, cam=True,
                              previous_clusters=None)
     assert same_camera.train and not same_camera.camera_loss
+
+
+def test_plan_epoch_thresholds_at_their_edges():
+    """'few kept' below 20% of the images (not at it); 'cluster jump' beyond a factor 2
+    either way (not at it); nothing to compare after an epoch without clusters."""
+    def events(labels, previous=None, cams=None, cam=False):
+        labels = torch.tensor(labels)
+        cams = torch.zeros_like(labels) if cams is None else torch.tensor(cams)
+        return plan_epoch(labels, cams, eps=0.5, cam=cam, previous_clusters=previous)
+
+    assert events([0, 0, 1, 1] + [-1] * 16).events == []                  # 4 of 20: 20%
+    few = events([0, 0, 1] + [-1] * 17)                                   # 3 of 20: 15%
+    assert few.events == ["few kept"] and few.train
+    assert "only 3 of 20 images (15%)" in few.messages[0]
+    two, three, six, seven = ([c // 2 for c in range(2 * m)] for m in (2, 3, 6, 7))
+    assert events(three, previous=6).events == [] and events(six, previous=3).events == []
+    assert events(two, previous=6).events == ["cluster jump"]
+    assert events(seven, previous=3).events == ["cluster jump"]
+    assert "jumped from 6 to 2" in events(two, previous=6).messages[0]
+    assert events(six, previous=0).events == [], "after an epoch without clusters"
+
+
+def test_plan_epoch_camera_check_ignores_outliers():
+    """Outliers seen by two cameras are no cross-camera cluster."""
+    labels = torch.tensor([0, 0, 1, 1, -1, -1])
+    single = plan_epoch(labels, torch.tensor([0, 0, 1, 1, 0, 1]), eps=0.5, cam=True,
+                        previous_clusters=None)
+    assert not single.camera_loss and single.events == ["no cross-camera cluster"]
+    crossed = plan_epoch(labels, torch.tensor([0, 1, 1, 1, 0, 0]), eps=0.5, cam=True,
+                         previous_clusters=None)
+    assert crossed.camera_loss and crossed.events == []
+
+
+def test_cluster_means_by_hand():
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
+    assert cluster_means(x, torch.tensor([0, 0, 2, 2]), 3)[[0, 2]].tolist() == [[2.0, 0.0],
+                                                                                [2.5, 3.5]]
+    parts = torch.stack([x, 2 * x], dim=2)                                # (N, D, N_p)
+    assert cluster_means(parts, torch.tensor([1, 1, 0, 0]), 2)[:, :, 1].tolist() == [[5.0, 7.0],
+                                                                                     [4.0, 0.0]]
