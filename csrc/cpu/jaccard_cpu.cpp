@@ -156,6 +156,34 @@ Postings postings(const int64_t* crow, const int64_t* col, const float* val, int
     return post;
 }
 
+// The rows whose V the query expansion of block rows [r0, r1) averages (their
+// first len2 ranks), ascending and unique.
+std::vector<int64_t> averaged_rows(const int64_t* rank, int64_t K, int64_t r0, int64_t r1,
+                                   int64_t len2) {
+    std::vector<int64_t> rows;
+    for (int64_t i = r0; i < r1; ++i)
+        for (int64_t t = 0; t < len2; ++t) rows.push_back(rank[i * K + t]);
+    std::sort(rows.begin(), rows.end());
+    rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+    return rows;
+}
+
+// V' of block rows [r0, r1) from the V rows v (row j of V is v[v_slot[j]]), in
+// encode_cpu's order of additions.
+Csr expand_block(const std::vector<Row>& v, const std::vector<int64_t>& v_slot, int64_t n,
+                 const int64_t* rank, int64_t K, int64_t len2, int64_t r0, int64_t r1) {
+    std::vector<Row> vq(r1 - r0);
+#pragma omp parallel
+    {
+        Accumulator acc(n);
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = r0; i < r1; ++i)
+            expand_row(acc, [&](int64_t j) -> const Row& { return v[v_slot[j]]; }, rank, K, i, len2,
+                       vq[i - r0]);
+    }
+    return csr_from_rows(vq);
+}
+
 }  // namespace
 
 Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_t K,
@@ -275,10 +303,7 @@ Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, i
     if (k2 <= 1) {
         for (int64_t i = r0; i < r1; ++i) v_rows.push_back(i);
     } else {
-        for (int64_t i = r0; i < r1; ++i)
-            for (int64_t t = 0; t < len2; ++t) v_rows.push_back(rank[i * K + t]);
-        std::sort(v_rows.begin(), v_rows.end());
-        v_rows.erase(std::unique(v_rows.begin(), v_rows.end()), v_rows.end());
+        v_rows = averaged_rows(rank, K, r0, r1, len2);
     }
     const HalfTable half_table(rank, n, K, len1, len_half, v_rows);
     auto r_half_of = [&](int64_t c) { return half_table.of(c); };
@@ -295,18 +320,7 @@ Csr encode_rows_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, i
             v_row(x, d, rank, K, len1, v_rows[s], r_half_of, in_r1, r1_buf, e, dist, v[s]);
     }
     if (k2 <= 1) return csr_from_rows(v);
-
-    // query expansion of the block rows, in encode_cpu's order
-    std::vector<Row> vq(r1 - r0);
-#pragma omp parallel
-    {
-        Accumulator acc(n);
-#pragma omp for schedule(dynamic, 64)
-        for (int64_t i = r0; i < r1; ++i)
-            expand_row(acc, [&](int64_t j) -> const Row& { return v[v_slot[j]]; }, rank, K, i, len2,
-                       vq[i - r0]);
-    }
-    return csr_from_rows(vq);
+    return expand_block(v, v_slot, n, rank, K, len2, r0, r1);
 }
 
 Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, int64_t n,
@@ -397,26 +411,14 @@ Csr expand_rows_cpu(const int64_t* v_crow, const int64_t* v_col, const float* v_
         return csr_from_rows(out);
     }
     // the V rows the block averages, copied once each
-    std::vector<int64_t> v_rows;
-    for (int64_t i = r0; i < r1; ++i)
-        for (int64_t t = 0; t < len2; ++t) v_rows.push_back(rank[i * K + t]);
-    std::sort(v_rows.begin(), v_rows.end());
-    v_rows.erase(std::unique(v_rows.begin(), v_rows.end()), v_rows.end());
+    const std::vector<int64_t> v_rows = averaged_rows(rank, K, r0, r1, len2);
     std::vector<int64_t> v_slot(n, -1);
     std::vector<Row> v(v_rows.size());
     for (size_t s = 0; s < v_rows.size(); ++s) {
         v_slot[v_rows[s]] = s;
         v[s] = v_of_csr(v_rows[s]);
     }
-#pragma omp parallel
-    {
-        Accumulator acc(n);
-#pragma omp for schedule(dynamic, 64)
-        for (int64_t i = r0; i < r1; ++i)
-            expand_row(acc, [&](int64_t j) -> const Row& { return v[v_slot[j]]; }, rank, K, i, len2,
-                       out[i - r0]);
-    }
-    return csr_from_rows(out);
+    return expand_block(v, v_slot, n, rank, K, len2, r0, r1);
 }
 
 }  // namespace pplr

@@ -21,6 +21,15 @@ inline float bf16_to_float(uint16_t bits) {
     return f;
 }
 
+// The columns of a row's candidates that can still be among its k nearest (at
+// or above its floor), into `cand` with their distances left at 0.
+template <typename Row>
+void surviving_columns(const Row& r, std::vector<Entry>& cand) {
+    cand.clear();
+    for (const auto& c : r.cand)
+        if (c.first >= r.floor) cand.push_back({0.0, c.second});
+}
+
 // Write the k smallest entries of `cand` (by distance, then column), sorted.
 void emit_smallest(std::vector<Entry>& cand, int64_t k, double* out_dist, int64_t* out_index) {
     std::partial_sort(cand.begin(), cand.begin() + k, cand.end());
@@ -137,9 +146,7 @@ void SymmetricTopK::finish(const float* x, int64_t d, int64_t cap, double* out_d
 #pragma omp for schedule(dynamic, 16)
         for (int64_t i = 0; i < n_; ++i) {
             Row& r = rows_[i];
-            cand.clear();
-            for (const auto& c : r.cand)
-                if (c.first >= r.floor) cand.push_back({0.0, c.second});
+            surviving_columns(r, cand);
             overflow[i] = static_cast<int64_t>(cand.size()) > cap;
             if (!overflow[i]) {
                 const float* xi = x + i * d;
@@ -191,9 +198,7 @@ void SymmetricTopK::finish_rows(int64_t a, int64_t b, const float* x, int64_t d,
         for (int64_t i = a; i < b; ++i) {
             Row& r = rows_[i];
             const int64_t o = i - a;
-            cand.clear();
-            for (const auto& c : r.cand)
-                if (c.first >= r.floor) cand.push_back({0.0, c.second});
+            surviving_columns(r, cand);
             overflow[o] = static_cast<int64_t>(cand.size()) > cap;
             if (!overflow[o]) {
                 const float* xi = x + i * d;
@@ -243,9 +248,7 @@ void RingTopK::rerank(const float* x_rows, const float* x_cols, int64_t d, int64
 #pragma omp for schedule(dynamic, 16)
         for (int64_t i = 0; i < n_rows; ++i) {
             Row& r = rows_[i];
-            cand.clear();
-            for (const auto& c : r.cand)
-                if (c.first >= r.floor) cand.push_back({0.0, c.second});
+            surviving_columns(r, cand);
             r.cand.clear();
             r.pruned_size = 0;
             const float* xi = x_rows + i * d;
