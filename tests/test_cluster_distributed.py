@@ -107,13 +107,18 @@ def test_strips_cover_the_upper_triangle_once_in_equal_shares():
                 assert max(work) < 1.01 * min(work) + n
 
 
-def test_two_ranks_odd_n_with_duplicates_across_the_boundary(tmp_path):
-    n = 2001
+def boundary_duplicates_case(n: int, boundary: int):
+    """Clustered features with copies around the 2-rank block boundary and far apart, and
+    the one-process result."""
     x_g, x_p = clustered_features(n, seed=1)
-    boundary = n // 2
     x_g, x_p = with_duplicates(x_g, x_p, list(range(boundary - 3, boundary + 4)))
     x_g, x_p = with_duplicates(x_g, x_p, [5, 1500, 1999])
-    expected = one_process(x_g, x_p)
+    return x_g, x_p, one_process(x_g, x_p)
+
+
+def test_two_ranks_odd_n_with_duplicates_across_the_boundary(tmp_path):
+    n, boundary = 2001, 1000
+    x_g, x_p, expected = boundary_duplicates_case(n, boundary)
     assert 2 <= expected.num_clusters and 0 < expected.num_outliers < n   # a non-trivial graph
     results, errors, _ = run_ranks(tmp_path, x_g, x_p)
     assert_same_as_one_process(results, errors, expected)
@@ -213,12 +218,8 @@ def test_ring_kernels_equal_the_one_process_kernels(monkeypatch, precision):
 
 
 def test_two_ranks_ring_odd_n_with_duplicates_never_moves_the_whole_features(tmp_path):
-    n = 2001
-    x_g, x_p = clustered_features(n, seed=1)
-    boundary = n // 2
-    x_g, x_p = with_duplicates(x_g, x_p, list(range(boundary - 3, boundary + 4)))
-    x_g, x_p = with_duplicates(x_g, x_p, [5, 1500, 1999])
-    expected = one_process(x_g, x_p)
+    n, boundary = 2001, 1000
+    x_g, x_p, expected = boundary_duplicates_case(n, boundary)
     assert 2 <= expected.num_clusters and 0 < expected.num_outliers < n
     results, errors, _ = run_ranks(tmp_path, x_g, x_p, params=RING, forbid_feature_gather=True)
     assert_same_as_one_process(results, errors, expected)

@@ -30,6 +30,13 @@ void surviving_columns(const Row& r, std::vector<Entry>& cand) {
         if (c.first >= r.floor) cand.push_back({0.0, c.second});
 }
 
+// The exact distances of row xi to the candidates' columns, read from the rows
+// of `cols`, whose first row is column c0.
+void exact_distances(std::vector<Entry>& cand, const float* xi, const float* cols, int64_t c0,
+                     int64_t d) {
+    for (auto& c : cand) c.first = sq_distance(xi, cols + (c.second - c0) * d, d);
+}
+
 // Write the k smallest entries of `cand` (by distance, then column), sorted.
 void emit_smallest(std::vector<Entry>& cand, int64_t k, double* out_dist, int64_t* out_index) {
     std::partial_sort(cand.begin(), cand.begin() + k, cand.end());
@@ -149,8 +156,7 @@ void SymmetricTopK::finish(const float* x, int64_t d, int64_t cap, double* out_d
             surviving_columns(r, cand);
             overflow[i] = static_cast<int64_t>(cand.size()) > cap;
             if (!overflow[i]) {
-                const float* xi = x + i * d;
-                for (auto& c : cand) c.first = sq_distance(xi, x + c.second * d, d);
+                exact_distances(cand, x + i * d, x, 0, d);
                 emit_smallest(cand, k_, out_dist + i * k_, out_index + i * k_);
             }
             r = Row();
@@ -201,8 +207,7 @@ void SymmetricTopK::finish_rows(int64_t a, int64_t b, const float* x, int64_t d,
             surviving_columns(r, cand);
             overflow[o] = static_cast<int64_t>(cand.size()) > cap;
             if (!overflow[o]) {
-                const float* xi = x + i * d;
-                for (auto& c : cand) c.first = sq_distance(xi, x + c.second * d, d);
+                exact_distances(cand, x + i * d, x, 0, d);
                 emit_smallest(cand, k_, out_dist + o * k_, out_index + o * k_);
             }
             r = Row();
@@ -251,8 +256,7 @@ void RingTopK::rerank(const float* x_rows, const float* x_cols, int64_t d, int64
             surviving_columns(r, cand);
             r.cand.clear();
             r.pruned_size = 0;
-            const float* xi = x_rows + i * d;
-            for (auto& c : cand) c.first = sq_distance(xi, x_cols + (c.second - c0) * d, d);
+            exact_distances(cand, x_rows + i * d, x_cols, c0, d);
             merge(i, cand);
         }
     }
