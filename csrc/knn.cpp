@@ -1,5 +1,5 @@
 // Entry of the kNN op: pybind11 bindings in front of csrc/cpu/knn_cpu.cpp.
-// The GPU path of this op is plain cuBLAS + torch.topk (pplr_fast/cluster/fast_cuda.py).
+// The GPU path of this op is the Triton kNN of kernels/knn.py (pplr_fast/cluster/fast_cuda.py).
 #include "cpu/common.h"
 #include "cpu/knn_cpu.h"
 
@@ -8,16 +8,18 @@
 namespace py = pybind11;
 using pplr::Array;
 
-static py::tuple topk_from_distances(Array<double> dist, int64_t k) {
-    pplr::require(dist.ndim() == 2, "dist must be 2-D");
-    const int64_t rows = dist.shape(0), n = dist.shape(1);
+static py::tuple exact_rows_topk(Array<float> x, Array<int64_t> rows, int64_t k) {
+    pplr::require(x.ndim() == 2 && rows.ndim() == 1, "x must be 2-D and rows 1-D");
+    const int64_t n = x.shape(0), r = rows.shape(0);
     pplr::require(k >= 1 && k <= n, "k must lie in [1, n]");
-    auto out_dist = pplr::new_array<double>({rows, k});
-    auto out_index = pplr::new_array<int64_t>({rows, k});
+    for (int64_t t = 0; t < r; ++t)
+        pplr::require(rows.data()[t] >= 0 && rows.data()[t] < n, "a row is out of range");
+    auto out_dist = pplr::new_array<double>({r, k});
+    auto out_index = pplr::new_array<int64_t>({r, k});
     {
         py::gil_scoped_release nogil;
-        pplr::topk_from_distances_cpu(dist.data(), rows, n, k, out_dist.mutable_data(),
-                                      out_index.mutable_data());
+        pplr::exact_rows_topk_cpu(x.data(), n, x.shape(1), rows.data(), r, k,
+                                  out_dist.mutable_data(), out_index.mutable_data());
     }
     return py::make_tuple(out_dist, out_index);
 }
@@ -147,7 +149,7 @@ static py::tuple ring_finish(RingSelection& self) {
 
 PYBIND11_MODULE(_knn, m) {
     m.doc() = "Exact k-nearest-neighbour selection (CPU, OpenMP).";
-    m.def("topk_from_distances", &topk_from_distances, py::arg("dist"), py::arg("k"));
+    m.def("exact_rows_topk", &exact_rows_topk, py::arg("x"), py::arg("rows"), py::arg("k"));
     py::class_<SymmetricSelection>(m, "SymmetricTopK")
         .def(py::init(&symmetric_new), py::arg("n"), py::arg("k"), py::arg("error_bound"),
              py::arg("output_roundoff"))

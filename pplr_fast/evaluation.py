@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .utils.distinct_rows import DistinctRows, tied_matmul
+
 __all__ = ["pairwise_distance", "evaluate_ranking", "evaluate_split"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
@@ -28,7 +30,9 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
 
     Rows are L2-normalised here (a no-op for the model's eval outputs), so
     ``d = sqrt(2 - 2 <q, g>)``.  Computed ``chunk_size`` queries at a time to
-    bound temporary memory; float32 or float64 like the inputs.
+    bound temporary memory; float32 or float64 like the inputs. Exact copies of a
+    gallery image get bit-equal distances (``pplr_fast.utils.distinct_rows``), so the
+    stable ranking orders them by index on every machine.
 
     Raises:
         ValueError: shapes disagree, or a feature is NaN/inf.
@@ -44,9 +48,11 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
 
     query_features = F.normalize(query_features, dim=1)
     gallery_features = F.normalize(gallery_features, dim=1)
+    gallery_rows = DistinctRows.of(gallery_features)      # exact copies tie, ranked by index
     distmat = query_features.new_empty(num_queries, num_gallery)
     for start in range(0, num_queries, chunk_size):
-        similarity = query_features[start:start + chunk_size] @ gallery_features.T
+        similarity = tied_matmul(query_features[start:start + chunk_size], gallery_features,
+                                 rows_b=gallery_rows)
         distmat[start:start + chunk_size] = (2 - 2 * similarity).clamp_(min=0).sqrt_()
     return distmat
 

@@ -56,6 +56,8 @@ import numpy as np
 import torch
 
 from pplr_fast.cluster import jaccard_distance
+from pplr_fast.cluster.checks import check_enough_images
+from pplr_fast.utils.distinct_rows import DistinctRows, tied_matmul
 
 __all__ = ["compute_jaccard_distance", "re_ranking", "re_rank_features"]
 
@@ -215,7 +217,8 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
         g_g_dist: (G, G) distances between gallery images.
             numpy arrays or torch tensors (CPU or CUDA), usually Euclidean
             distances (they are squared here, as in the copied function).
-        k1, k2: k-reciprocal neighbourhood and query-expansion sizes (>= 1).
+        k1, k2: k-reciprocal neighbourhood and query-expansion sizes (>= 1; k1 at
+            most Q + G, the images ranked: a larger k1 is refused).
         lambda_value: weight of the original distance, in [0, 1].
         timings: a dict that receives the seconds of each stage (CPU path).
 
@@ -236,6 +239,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
     g_g = _as_block(g_g_dist, "g_g_dist")
     q, g = _check_shapes(q_g, q_q, g_g)
     n = q + g
+    check_enough_images(n, k1)
     refuse_unless_fits(4 * q * g + sparse_bytes(n, k1, k2),
                        f"re-ranking {q} queries against {g} gallery images (the ({q}, {g}) "
                        "float32 result and the sparse ranks)",
@@ -355,6 +359,7 @@ def _re_ranking_torch(q_g, q_q, g_g, k1: int, k2: int, lam: float) -> torch.Tens
             raise ValueError(f"{name} must be a 2-D distance matrix, got shape {tuple(t.shape)}")
     q, g = _check_shapes(q_g, q_q, g_g)
     n, device = q + g, q_g.device
+    check_enough_images(n, k1)
     refuse_unless_fits(4 * q * g + sparse_bytes(n, k1, k2) + CHUNK_BYTES,
                        f"re-ranking {q} queries against {g} gallery "
                        "images on the GPU", "re-rank the queries in smaller batches", device)
@@ -423,6 +428,7 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
     x = torch.cat([qx.to(device, dtype), gx.to(device, dtype)]).contiguous()
     q, n = qx.shape[0], x.shape[0]
     g = n - q
+    check_enough_images(n, k1)
     refuse_unless_fits(4 * q * g + sparse_bytes(n, k1, k2) + CHUNK_BYTES,
                        f"re-ranking {q} queries against {g} gallery images (the ({q}, {g}) "
                        "float32 result, a block of distances and the sparse ranks)",
@@ -462,11 +468,14 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
 
 def _distance_rows(x: torch.Tensor, q: int, out: torch.Tensor):
     """``block(r0, r1)``: squared distances of rows r0..r1 of x to every row; a block of
-    query rows (r1 <= q) also writes its gallery columns into ``out``."""
-    norms = (x * x).sum(dim=1)
+    query rows (r1 <= q) also writes its gallery columns into ``out``. Exact copies get
+    bit-equal columns (``pplr_fast.utils.distinct_rows``): they tie, ranked by index."""
+    rows = DistinctRows.of(x)
+    distinct = rows.distinct(x)
+    norms = rows.expand((distinct * distinct).sum(dim=1), 0)
 
     def block(r0, r1):
-        d = torch.addmm(norms[None, :], x[r0:r1], x.T, beta=1, alpha=-2)
+        d = tied_matmul(x[r0:r1], x, rows_b=rows).mul_(-2).add_(norms[None, :])
         d.add_(norms[r0:r1, None]).clamp_(min=0)
         if r1 <= q:
             out[r0:r1] = d[:, q:]
@@ -535,6 +544,8 @@ def compute_jaccard_distance(target_features, k1: int = 20, k2: int = 6, print_f
         else target_features.detach()
     k1, k2, _ = check_parameters(k1, k2, 0.0)
     n = int(x.shape[0]) if x.dim() >= 1 else 0
+    if n:
+        check_enough_images(n, k1)
     dtype = np.float16 if use_float16 else np.float32
     refuse_unless_fits(np.dtype(dtype).itemsize * n * n + sparse_bytes(n, k1, k2),
                        f"a dense {n} x {n} {np.dtype(dtype).name} Jaccard matrix", SPARSE_HINT)

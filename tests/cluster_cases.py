@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from cluster_oracles import clustered_features, lattice_features, normalize
-from pplr_fast.cluster import api, common, fast_cpu, fast_cuda
+from pplr_fast.cluster import api, common, fast_cpu, fast_cuda, reference
 
 ON_GPU = os.environ.get("PPLR_TEST_GPU", "0") == "1"
 
@@ -195,11 +195,20 @@ class Implementation:
             dist, index = api.nearest_neighbours(x, k, backend=self.backend)
         return dist.cpu(), index.cpu()
 
+    def path_module(self, device: torch.device):
+        """The module of this implementation's path (reference, fast_cpu or fast_cuda)."""
+        return fast_cuda if self.gpu_path else api._implementation(self.backend, device, "jaccard")
+
     def jaccard_from_neighbours(self, x: torch.Tensor, rank: torch.Tensor, k1: int, k2: int,
                                 max_distance: float | None = None):
+        """The public op; with k1 > N, which the public ops refuse, the path below them
+        (which must still handle N < k1: every list holds all N images)."""
         x, rank = x.to(self.device), rank.to(self.device)
-        if self.gpu_path:
-            out = fast_cuda.jaccard_from_neighbours(x, rank, k1, k2, max_distance)
+        if self.gpu_path or k1 > x.shape[0]:
+            module = self.path_module(x.device)
+            if module is reference:
+                return reference.jaccard_from_neighbours(x, rank, k1, k2).to("cpu")
+            out = module.jaccard_from_neighbours(x, rank, k1, k2, max_distance)
         else:
             out = api.jaccard_from_neighbours(x, rank, k1, k2, max_distance, self.backend)
         return out.to("cpu")
@@ -211,8 +220,11 @@ class Implementation:
             rank = api.nearest_neighbours(x, k1, backend="reference")[1]
             return self.jaccard_from_neighbours(x, rank, k1, k2, max_distance)
         x = x.to(self.device)
-        if self.gpu_path:
-            return fast_cuda.jaccard_distance(x, k1, k2, max_distance).to("cpu")
+        if self.gpu_path or k1 > x.shape[0]:       # k1 > N: below the public check, as above
+            module = self.path_module(x.device)
+            if module is reference:
+                return reference.jaccard_distance(x, k1, k2).to("cpu")
+            return module.jaccard_distance(x, k1, k2, max_distance).to("cpu")
         return api.jaccard_distance(x, k1, k2, self.backend, max_distance).to("cpu")
 
     def cross_agreement_from_neighbours(self, rank_g: torch.Tensor, ranks_p: list[torch.Tensor],

@@ -3,6 +3,10 @@
 Plain Python sets and float64 loops: slow, obvious, and sharing no code with
 ``pplr_fast.cluster``. Every implementation of every op is tested against them
 (``cluster_cases.py``); DBSCAN's oracle is scikit-learn's.
+
+Distances never go through a BLAS (:func:`sq_distances`): a GEMM's last bit
+depends on the CPU's kernels and blocking, which would order exact copies of a
+row by that bit on some machines and not on others.
 """
 from __future__ import annotations
 
@@ -13,9 +17,20 @@ import numpy as np
 import torch
 
 
+def sq_distances(x: np.ndarray) -> np.ndarray:
+    """``2 - 2 <x_i, x_j>`` in float64, the products of each pair added one dimension at a
+    time, left to right: one IEEE operation each, the same bits on every machine, and
+    bit-equal distances for exact copies."""
+    X = np.asarray(x, dtype=np.float64)
+    dot = np.zeros((len(X), len(X)))
+    for t in range(X.shape[1]):
+        dot += np.multiply.outer(X[:, t], X[:, t])
+    return 2 - 2 * dot
+
+
 def ranked_lists(x: np.ndarray, exclude_self: bool = False) -> list[list[int]]:
     """Every row's other rows sorted by (squared distance, index), float64."""
-    d = 2 - 2 * (x @ x.T)
+    d = sq_distances(x)
     n = len(x)
     return [sorted((j for j in range(n) if not (exclude_self and j == i)),
                    key=lambda j: (d[i, j], j)) for i in range(n)]
@@ -24,7 +39,7 @@ def ranked_lists(x: np.ndarray, exclude_self: bool = False) -> list[list[int]]:
 def brute_knn(x: torch.Tensor, k: int) -> tuple[np.ndarray, list[list[int]]]:
     """The k nearest rows of every row, itself included: (float64 distance matrix, lists)."""
     X = x.double().numpy()
-    return 2 - 2 * (X @ X.T), [r[:k] for r in ranked_lists(X)]
+    return sq_distances(X), [r[:k] for r in ranked_lists(X)]
 
 
 def brute_dbscan(d: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
@@ -38,7 +53,7 @@ def brute_jaccard(x: torch.Tensor, k1: int, k2: int) -> np.ndarray:
     """SPEC §2.1, literally."""
     X = x.double().numpy()
     n = len(X)
-    d = 2 - 2 * (X @ X.T)
+    d = sq_distances(X)
     rank = [r[:k1] for r in ranked_lists(X)]
 
     def F(i, k):

@@ -14,7 +14,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# PPLR_TEST_THREADS: the thread count of torch's kernels (tests/test_exact_ties.py runs
+# the tie cases with 1 and 2)
+torch.set_num_threads(int(os.environ.get("PPLR_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture

@@ -126,6 +126,37 @@ def test_argument_boundaries_are_refused_or_accepted_exactly():
         jaccard_from_neighbours(x, rank, 10, 2, backend="reference")   # one column short
 
 
+@pytest.mark.parametrize("backend_name", backend.BACKENDS)
+def test_k1_above_the_number_of_images_is_refused_by_every_public_op(backend_name):
+    """k1 > N would make every neighbourhood the whole set (one cluster, no word): the
+    trainer refuses it, and so does every public op that takes k1; k1 == N is accepted."""
+    from pplr_fast.cluster.distributed_stage import run_distributed_cluster_stage
+    from pplr_fast.rerank import compute_jaccard_distance, re_rank_features, re_ranking
+    x = normalize(torch.randn(20, 4, generator=torch.Generator().manual_seed(4)))
+    x_p = torch.stack([x, x], dim=2)
+    rank = nearest_neighbours(x, 20, backend="reference")[1]
+    d = torch.cdist(x, x).numpy()
+    message = r"k1=30 exceeds the number of images N=20.*pass k1 <= 20"
+    calls = {
+        "jaccard_distance": lambda k1: jaccard_distance(x, k1, 6, backend=backend_name),
+        "jaccard_from_neighbours": lambda k1: jaccard_from_neighbours(
+            x, rank, k1, 6, backend=backend_name),
+        "run_cluster_stage": lambda k1: run_cluster_stage(x, x_p, eps=0.5, k1=k1,
+                                                          backend=backend_name),
+        "run_distributed_cluster_stage": lambda k1: run_distributed_cluster_stage(
+            x, x_p, eps=0.5, k1=k1, backend=backend_name),
+        "compute_jaccard_distance": lambda k1: compute_jaccard_distance(x, k1=k1, print_flag=False),
+        "re_ranking": lambda k1: re_ranking(d[:5, 5:], d[:5, :5], d[5:, 5:], k1=k1),
+        "re_ranking (tensors)": lambda k1: re_ranking(*(torch.from_numpy(b) for b in (
+            d[:5, 5:], d[:5, :5], d[5:, 5:])), k1=k1),
+        "re_rank_features": lambda k1: re_rank_features(x[:5], x[5:], k1=k1),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ClusterInputError, match=message):
+            call(30)
+        call(20)                                   # k1 == N: every list holds all N images
+
+
 def test_features_must_be_normalised_to_a_tenth_of_a_percent():
     """A row 1% off unit norm is refused; the rounding of a float16 copy is not."""
     x = normalize(torch.randn(20, 8, generator=torch.Generator().manual_seed(3)))

@@ -138,7 +138,7 @@ def test_two_ranks_gathered_features_and_dbscan_on_one_rank(tmp_path):
 @pytest.mark.parametrize("n, counts", [(1, [0, 1]), (3, [3, 0]), (40, [0, 40]), (41, [17, 24])])
 def test_two_ranks_tiny_n_and_an_empty_block(tmp_path, n, counts):
     x_g, x_p = clustered_features(n, seed=3)
-    params = {"eps": 0.7}
+    params = {"eps": 0.7, "k1": min(30, n), "k2": min(6, n)}    # k1 > N is refused
     expected = one_process(x_g, x_p, params)
     results, errors, _ = run_ranks(tmp_path, x_g, x_p, counts=counts, params=params)
     assert_same_as_one_process(results, errors, expected)
@@ -242,7 +242,7 @@ def test_the_feature_gather_guard_trips_without_the_ring(tmp_path):
 def test_two_ranks_ring_tiny_n_and_an_empty_block(tmp_path, n, counts):
     x_g, x_p = clustered_features(n, seed=3)
     x_g, x_p = with_duplicates(x_g, x_p, [0, n - 1])
-    params = {"eps": 0.7}
+    params = {"eps": 0.7, "k1": min(30, n), "k2": min(6, n)}    # k1 > N is refused
     expected = one_process(x_g, x_p, params)
     results, errors, _ = run_ranks(tmp_path, x_g, x_p, counts=counts, params=dict(params, **RING))
     assert_same_as_one_process(results, errors, expected)

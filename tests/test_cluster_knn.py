@@ -7,7 +7,7 @@ import torch
 
 from cluster_cases import (FEATURES, IMPLEMENTATIONS, no_fallback, param_id,  # noqa: F401
                            set_knn_mode, with_knn_modes)
-from cluster_oracles import brute_knn, clustered_features, lattice_features
+from cluster_oracles import brute_knn, clustered_features, lattice_features, sq_distances
 from pplr_fast.cluster import common, nearest_neighbours
 
 KS = (1, 7, 31)
@@ -54,9 +54,9 @@ def test_knn_matches_brute_force(impl, knn_mode, name, monkeypatch):
 def test_knn_breaks_exact_ties_by_index(impl):
     x = lattice_features(40, 6, seed=1)
     _, index = impl.knn(x, 12)
-    d = 2 - 2 * (x.double() @ x.double().T)
+    d = sq_distances(x.numpy())
     for i in range(40):
-        assert index[i].tolist() == sorted(range(40), key=lambda j: (d[i, j].item(), j))[:12]
+        assert index[i].tolist() == sorted(range(40), key=lambda j: (d[i, j], j))[:12]
 
 
 # ---------------------------------------------------------------- the fast kNN's error bound

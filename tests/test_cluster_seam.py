@@ -4,7 +4,8 @@
 ``fast_cuda.py``; those three import only the shared leaf modules
 (``common.py``, ``checks.py``, ``sparse_distance.py``), their compiled kernels
 and ``pplr_fast.kernels``, never the dispatcher or each other; ``common.py``
-and ``checks.py`` import nothing else of the package; the kernels in
+imports only the leaf ``pplr_fast.utils.distinct_rows`` and ``checks.py`` only
+``common.py``; the kernels in
 ``kernels/`` take and return tensors and never import the package back.
 Every import statement counts, including the ones inside functions.
 """
@@ -29,7 +30,7 @@ CPU_KERNELS = {"pplr_fast._knn", "pplr_fast._jaccard", "pplr_fast._dbscan",
 
 # module -> what of pplr_fast it may import (prefixes end with ".")
 ALLOWED = {
-    "pplr_fast.cluster.common": set(),
+    "pplr_fast.cluster.common": {"pplr_fast.utils.distinct_rows"},
     "pplr_fast.cluster.checks": {"pplr_fast.cluster.common"},
     "pplr_fast.cluster.sparse_distance": {"pplr_fast.cluster.common", "pplr_fast.cluster.checks"},
     "pplr_fast.cluster.reference": LEAVES,

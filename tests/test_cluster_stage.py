@@ -22,13 +22,13 @@ def part_features(x_g: torch.Tensor, parts: int, noise: float) -> torch.Tensor:
 def test_stage_backends_agree(n, groups, dup):
     x_g = clustered_features(n, 24, groups=groups, spread=0.5, seed=n, duplicates=dup)
     x_p = part_features(x_g, 3, 0.4)
-    eps = 0.6
-    dist = jaccard_distance(x_g, 30, 6, backend="reference")
+    eps, k1 = 0.6, min(30, n)                  # k1 > N is refused
+    dist = jaccard_distance(x_g, k1, 6, backend="reference")
     assert not bool(((dist - eps).abs() < 1e-5).any()), "pick another eps: a pair sits on it"
-    ref = run_cluster_stage(x_g, x_p, eps=eps, backend="reference")
+    ref = run_cluster_stage(x_g, x_p, eps=eps, k1=k1, backend="reference")
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)     # no silent fallback
-        fast = run_cluster_stage(x_g, x_p, eps=eps, backend="fast")
+        fast = run_cluster_stage(x_g, x_p, eps=eps, k1=k1, backend="fast")
     assert fast.backend == "fast" and ref.backend == "reference"
     assert torch.equal(fast.labels, ref.labels)
     assert torch.equal(fast.scores, ref.scores)
@@ -53,7 +53,7 @@ def test_neighbours_without_self_handles_duplicates_ahead_of_self():
 def test_stage_rejects_bad_eps():
     x_g = normalize(torch.randn(10, 4))
     with pytest.raises(ClusterInputError, match=r"eps must lie in \(0, 1\)"):
-        run_cluster_stage(x_g, part_features(x_g, 1, 0.1), eps=1.5)
+        run_cluster_stage(x_g, part_features(x_g, 1, 0.1), eps=1.5, k1=10)
 
 
 @pytest.mark.parametrize("backend", ["reference", "fast"])
@@ -83,4 +83,4 @@ def test_stage_rejects_eps_at_the_ends(eps):
     """eps = 1 would join every pair whose neighbourhoods never meet (d = 1)."""
     x_g = normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(5)))
     with pytest.raises(ClusterInputError, match=r"eps must lie in \(0, 1\)"):
-        run_cluster_stage(x_g, part_features(x_g, 1, 0.1), eps=eps)
+        run_cluster_stage(x_g, part_features(x_g, 1, 0.1), eps=eps, k1=10)

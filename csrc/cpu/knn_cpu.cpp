@@ -60,21 +60,18 @@ float candidate_floor(float t, double c, double u) {
 
 }  // namespace
 
-void topk_from_distances_cpu(const double* dist, int64_t rows, int64_t n, int64_t k,
-                             double* out_dist, int64_t* out_index) {
-#pragma omp parallel
-    {
-        std::vector<Entry> cand(n);
-#pragma omp for schedule(dynamic, 8)
-        for (int64_t r = 0; r < rows; ++r) {
-            const double* row = dist + r * n;
-            for (int64_t j = 0; j < n; ++j) cand[j] = {row[j], j};
-            std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end());
-            std::sort(cand.begin(), cand.begin() + k);
-            for (int64_t t = 0; t < k; ++t) {
-                out_dist[r * k + t] = cand[t].first;
-                out_index[r * k + t] = cand[t].second;
-            }
+void exact_rows_topk_cpu(const float* x, int64_t n, int64_t d, const int64_t* rows, int64_t r,
+                         int64_t k, double* out_dist, int64_t* out_index) {
+    std::vector<Entry> cand(n);
+    for (int64_t t = 0; t < r; ++t) {      // few rows (the overflowing ones): columns in parallel
+        const float* xi = x + rows[t] * d;
+#pragma omp parallel for schedule(static)
+        for (int64_t j = 0; j < n; ++j) cand[j] = {sq_distance(xi, x + j * d, d), j};
+        std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end());
+        std::sort(cand.begin(), cand.begin() + k);
+        for (int64_t s = 0; s < k; ++s) {
+            out_dist[t * k + s] = cand[s].first;
+            out_index[t * k + s] = cand[s].second;
         }
     }
 }

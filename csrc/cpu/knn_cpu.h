@@ -7,10 +7,11 @@
 
 namespace pplr {
 
-// Rows of a block of exact distances `dist` (rows x n): the k smallest of
-// each row by (distance, column), sorted.
-void topk_from_distances_cpu(const double* dist, int64_t rows, int64_t n, int64_t k,
-                             double* out_dist, int64_t* out_index);
+// The exact top-k of the given rows of x (n x d) against every row: the k
+// smallest sq_distance (common.h) of each row by (distance, column), sorted.
+// The same distances as the selections' re-rank, so exact copies tie here too.
+void exact_rows_topk_cpu(const float* x, int64_t n, int64_t d, const int64_t* rows, int64_t r,
+                         int64_t k, double* out_dist, int64_t* out_index);
 
 // The streaming state both selections share: per row a min-heap of the k best
 // low-precision scores seen so far and the columns that can still beat the

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from pplr_fast.backend import DEFAULT_BACKEND, resolve_backend, warn_once
+from pplr_fast.utils.distinct_rows import DistinctRows
 
 from . import fast_cpu, reference
 from .checks import (ClusterInputError, check_features, check_jaccard_args, check_k,
@@ -76,7 +77,8 @@ def jaccard_distance(x: torch.Tensor, k1: int = 30, k2: int = 6, backend: str = 
 
     Args:
         x: (N, D) L2-normalised features.
-        k1, k2: neighbourhood sizes (SPEC defaults 30 and 6); k2 <= k1.
+        k1, k2: neighbourhood sizes (SPEC defaults 30 and 6); k2 <= k1 <= N
+            (a k1 above N is refused: every neighbourhood would hold all N images).
         backend: ``"reference"`` returns a dense (N, N) float32 tensor;
             ``"fast"`` returns a :class:`SparseDistance` (``.to_dense()`` gives
             the same matrix), built without any N x N array.
@@ -84,7 +86,7 @@ def jaccard_distance(x: torch.Tensor, k1: int = 30, k2: int = 6, backend: str = 
             ``d <= max_distance`` (e.g. the DBSCAN eps), which is all DBSCAN needs.
     """
     check_features(x)
-    check_jaccard_args(k1, k2, max_distance)
+    check_jaccard_args(k1, k2, max_distance, n=x.shape[0])
     implementation = _implementation(backend, x.device, "jaccard")
     if implementation is reference:
         dense = reference.jaccard_distance(x, k1, k2)
@@ -112,8 +114,8 @@ def jaccard_from_neighbours(x: torch.Tensor, rank: torch.Tensor, k1: int = 30, k
     """
     if check:
         check_features(x)
-    check_jaccard_args(k1, k2, max_distance)
     n = x.shape[0]
+    check_jaccard_args(k1, k2, max_distance, n=n)
     check_neighbour_lists(rank, n, min(k1, n), x.device)
     implementation = _implementation(backend, x.device, "jaccard")
     if implementation is reference:
@@ -231,17 +233,20 @@ def neighbour_strips(x: torch.Tensor, k: int) -> "fast_cpu.NeighbourStrips":
 def nearest_neighbours_of_rows(x: torch.Tensor, k: int, r0: int, r1: int
                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [r0, r1) of :func:`nearest_neighbours`, on any device: fp64 distances of
-    the block to every row and a stable sort (the reference's ranking; no N x N array)."""
+    the block to every row and a stable sort (the reference's ranking; no N x N array).
+    Exact copies among the columns get bit-equal distances in every row
+    (:func:`common.pairwise_sq_distance`), so they tie and are ordered by index."""
     n = x.shape[0]
     k = min(k, n)
     dist = torch.empty(r1 - r0, k, dtype=torch.float64, device=x.device)
     index = torch.empty(r1 - r0, k, dtype=torch.int64, device=x.device)
+    columns = DistinctRows.of(x)
     step = block_rows(n, 8)
     with ieee_matmul():
         for b0 in range(r0, r1, step):
             b1 = min(r1, b0 + step)
             dist[b0 - r0:b1 - r0], index[b0 - r0:b1 - r0] = sorted_neighbours(
-                pairwise_sq_distance(x[b0:b1], x), k)
+                pairwise_sq_distance(x[b0:b1], x, rows_b=columns), k)
     return dist, index
 
 

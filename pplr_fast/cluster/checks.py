@@ -61,14 +61,29 @@ def check_part_features(x_g: torch.Tensor, x_p: torch.Tensor) -> None:
         check_features(x_p[:, :, n], f"x_p[:, :, {n}]")
 
 
-def check_jaccard_args(k1: int, k2: int, max_distance: float | None) -> None:
+def check_jaccard_args(k1: int, k2: int, max_distance: float | None, n: int | None = None
+                       ) -> None:
+    """k1, k2 and max_distance of the Jaccard distance; with ``n``, also that there are
+    at least k1 images (:func:`check_enough_images`)."""
     check_k("k1", k1)
     check_k("k2", k2)
+    if n is not None:
+        check_enough_images(n, k1)
     if k2 > k1:
         raise ClusterInputError(f"k2 ({k2}) must not exceed k1 ({k1}): query expansion "
                                 "averages over the first k2 of the k1 neighbours")
     if max_distance is not None and not 0 <= max_distance <= 1:
         raise ClusterInputError(f"max_distance must lie in [0, 1], got {max_distance}")
+
+
+def check_enough_images(n: int, k1: int) -> None:
+    """At least k1 images: with fewer, every k-reciprocal neighbourhood holds all N of them,
+    so the Jaccard distances (and the clusters built on them) say nothing."""
+    if k1 > n:
+        raise ClusterInputError(
+            f"k1={k1} exceeds the number of images N={n}: every k-reciprocal neighbourhood "
+            "would be the whole set, so the distances would say nothing about who is near "
+            f"whom; pass k1 <= {n} (and k2 <= k1), or use more images")
 
 
 def index_range(rank: torch.Tensor) -> tuple[int, int]:

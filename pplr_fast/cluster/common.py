@@ -1,12 +1,17 @@
-"""Helpers every clustering backend shares; this module imports nothing else of pplr_fast.
+"""Helpers every clustering backend shares; of pplr_fast it imports only the leaf
+:mod:`pplr_fast.utils.distinct_rows`.
 
 Distances between L2-normalised rows are ``d(i, j) = 2 - 2 <x_i, x_j>`` (the
 squared Euclidean distance), evaluated in float64: the product of two fp32
 numbers is exact in fp64, so every backend gets the dot product right to
 ~1e-16 and two backends can only order a pair differently if it is tied to
-that precision — never in practice, except for exact ties. Neighbour lists
-are sorted by ``(d, j)``: equal distances (duplicated images) are ordered by
-index, in every backend. Each row's list includes the row itself (normally
+that precision — never in practice, except for exact ties. Exact ties are
+exact by construction: the C++ and Triton distances add the products of each
+pair in an order fixed by D alone, and the GEMMs of the reference multiply
+each distinct row once (:func:`pairwise_sq_distance`), so exact copies of an
+image get bit-identical distances to every other image on every machine.
+Neighbour lists are sorted by ``(d, j)``: equal distances (duplicated images)
+are ordered by index, in every backend. Each row's list includes the row itself (normally
 first); :func:`neighbours_without_self` drops it.
 
 Also here: the rounding-error bound and the fp32 GEMM settings that both fast
@@ -19,6 +24,8 @@ import contextlib
 from typing import Callable, ContextManager
 
 import torch
+
+from pplr_fast.utils.distinct_rows import DistinctRows, tied_matmul
 
 SORT_CHUNK_BYTES = 256 * 1024 ** 2   # sort temporaries of the reference kNN, per chunk
 BLOCK_BYTES = 256 * 1024 ** 2        # score block (rows x N) a fast kNN keeps in memory at once
@@ -35,9 +42,16 @@ def no_timer(stage: str) -> ContextManager:
 
 
 # ------------------------------------------------------------------ distances and neighbours
-def pairwise_sq_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``2 - 2 a b^T`` for L2-normalised rows, in float64."""
-    return 2 - 2 * (a.double() @ b.double().T)
+def pairwise_sq_distance(a: torch.Tensor, b: torch.Tensor, rows_a: DistinctRows | None = None,
+                         rows_b: DistinctRows | None = None) -> torch.Tensor:
+    """``2 - 2 a b^T`` for L2-normalised rows, in float64.
+
+    Exact copies tie exactly: equal rows of ``a`` get bit-equal rows and equal
+    rows of ``b`` bit-equal columns, whatever kernel the BLAS picks for this
+    CPU (:func:`pplr_fast.utils.distinct_rows.tied_matmul`). ``rows_a`` /
+    ``rows_b``: their :class:`DistinctRows`, when the caller has them.
+    """
+    return 2 - 2 * tied_matmul(a.double(), b.double(), rows_a, rows_b)
 
 
 def sorted_neighbours(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

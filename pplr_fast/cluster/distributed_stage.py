@@ -461,7 +461,7 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                                         "needs at least one image")
             if not ring or x_g.shape[0]:     # in the ring, this rank's block (if any)
                 check_part_features(x_g, x_p)
-            check_jaccard_args(k1, k2, None)
+            check_jaccard_args(k1, k2, None, n=n)
             check_k("k", k)
             check_k("min_samples", min_samples)
             if not 0 < eps < 1:

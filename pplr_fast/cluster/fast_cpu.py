@@ -15,7 +15,8 @@ column is re-ranked with fp64 distances, as the reference ranks. Without
 native bf16 (AVX2-only CPUs, where bf16 GEMMs are emulated and slow) the
 filter is the fp32 GEMM over the same upper triangle (x~ = x, so rho = 0 and
 only the accumulation bound remains). A row whose candidate set is unusually
-large (nearly equidistant data) is finished with an exact fp64 GEMM row.
+large (nearly equidistant data) is finished from its fp64 distances to every row,
+computed by the same C++ loop as the re-rank.
 
 Jaccard: sparse and exact, O(N·k) memory (``csrc/cpu/jaccard_cpu.cpp``).
 After query expansion each row of V' has a few hundred non-zeros at most, and
@@ -40,7 +41,7 @@ import torch
 
 from . import common
 from .common import (Timer, block_rows, ieee_matmul, neighbour_lists, no_timer,
-                     pairwise_sq_distance, rounding_error_bounds, rounding_maxima)
+                     rounding_error_bounds, rounding_maxima)
 from .sparse_distance import SparseDistance
 
 
@@ -60,9 +61,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def exact_rows_topk(x: torch.Tensor, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest of the given rows from exact fp64 distances to every row."""
+    """The k nearest of the given rows from their fp64 distances to every row: the C++
+    distance of the re-rank (``sq_distance``), so exact copies stay tied."""
     from pplr_fast import _knn
-    return _knn.topk_from_distances(pairwise_sq_distance(x[torch.from_numpy(rows)], x).numpy(), k)
+    return _knn.exact_rows_topk(x.numpy(), np.ascontiguousarray(rows, dtype=np.int64), k)
 
 
 def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +94,8 @@ def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
         del scores
     dist[:], index[:], overflow = selection.finish(x.numpy(), common.CANDIDATE_CAP)
     overflowing = np.flatnonzero(overflow)
-    step = block_rows(n, 8)
-    for r0 in range(0, len(overflowing), step):
-        rows = overflowing[r0:r0 + step]
-        dist[rows], index[rows] = exact_rows_topk(x, rows, k)
+    if overflowing.size:
+        dist[overflowing], index[overflowing] = exact_rows_topk(x, overflowing, k)
     return torch.from_numpy(dist), torch.from_numpy(index)
 
 
@@ -220,10 +220,8 @@ class NeighbourStrips:
         dist, index, overflow = self.selection.finish_rows(self.x.numpy(), a, b,
                                                            common.CANDIDATE_CAP)
         overflowing = np.flatnonzero(overflow)
-        step = block_rows(self.n, 8)
-        for s0 in range(0, len(overflowing), step):
-            rows = overflowing[s0:s0 + step]
-            dist[rows], index[rows] = exact_rows_topk(self.x, rows + a, self.k)
+        if overflowing.size:
+            dist[overflowing], index[overflowing] = exact_rows_topk(self.x, overflowing + a, self.k)
         return torch.from_numpy(dist), torch.from_numpy(index)
 
 

@@ -82,7 +82,7 @@ def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: i
             reference, saying so once, where its kernels are unavailable).
     """
     check_part_features(x_g, x_p)
-    check_jaccard_args(k1, k2, None)
+    check_jaccard_args(k1, k2, None, n=x_g.shape[0])
     check_k("k", k)
     check_k("min_samples", min_samples)
     if not 0 < eps < 1:
