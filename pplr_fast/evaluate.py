@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         state = load_checkpoint(args.checkpoint)
         cfg = state["config"]
         dataset = create_dataset(args.dataset or cfg["dataset"], args.data_dir or cfg["data_dir"],
-                                 generate=False)
+                                 generate=False, check_images=("query", "gallery"))
         model = PPLRNet.from_checkpoint(state, device)
         rerank = (dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
                   if args.rerank else None)

@@ -196,7 +196,7 @@ def agreement_grids(checkpoint: str, *, dataset: str | None = None, data_dir: st
     cfg = state["config"]
     name, folder = dataset or cfg["dataset"], data_dir or cfg["data_dir"]
     try:
-        data = create_dataset(name, folder)
+        data = create_dataset(name, folder, check_images=("train",))
     except DatasetError as error:
         raise VisualizeError(f"{error} (the dataset comes from the checkpoint; "
                              "override it with --dataset/--data-dir)") from None
