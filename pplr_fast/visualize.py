@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -241,7 +240,9 @@ def agreement_grids(checkpoint: str, *, dataset: str | None = None, data_dir: st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pplr_fast.visualize", description=__doc__,
+    from .utils.cli import plain_help
+    parser = argparse.ArgumentParser(prog="python -m pplr_fast.visualize",
+                                     description=plain_help(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     a = commands.add_parser("agreement", help="per part, the lowest and highest scoring images")
@@ -284,6 +285,14 @@ def main(argv: list[str] | None = None) -> list[PartGrid]:
     return grids
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The ``pplr-visualize`` console script: :func:`main`, exit status 0 once the PNGs are written.
+
+    ``main`` returns the grids (for Python callers); a console script returning them would
+    print the list and exit 1.
+    """
+    main(argv)
+
+
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    cli()
