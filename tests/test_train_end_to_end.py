@@ -37,12 +37,19 @@ def test_short_run_writes_log_checkpoints_and_plot(small_dataset, tmp_path, cam)
     records = read_log(logs)
     assert [r["epoch"] for r in records] == [-1, 0, 1]
     assert 0 <= records[0]["mAP"] <= 1 and records[0]["num_valid_queries"] > 0
+    assert records[0]["eval_s"] > 0
+    stages = ("knn_global_s", "knn_parts_s", "encoding_s", "jaccard_s", "dbscan_s",
+              "cross_agreement_s")
     for r in records[1:]:
         assert r["clusters"] >= 1, "eps 0.7 on this data must give clusters"
         assert r["clusters"] + r["outliers"] <= len(small_dataset.train)
         for key in ("loss", "loss_pglr", "loss_part", "loss_triplet", "mAP", "rank1",
-                    "knn_global_s", "dbscan_s", "cross_agreement_s", "extract_s", "train_s"):
+                    *stages, "extract_s", "cluster_s", "train_s", "eval_s", "epoch_s"):
             assert math.isfinite(r[key]), key
+        assert "total_s" not in r, "the clustering stage's total is cluster_s"
+        # every part of the epoch is named: the stage total holds its stages, the epoch its parts
+        assert sum(r[key] for key in stages) <= r["cluster_s"] + 1e-6
+        assert r["extract_s"] + r["cluster_s"] + r["train_s"] + r["eval_s"] <= r["epoch_s"]
         assert ("loss_camera" in r) == cam
     for name in ("best.pth", "last.pth"):
         state = load_checkpoint(logs / name)
