@@ -124,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Flags override the demo recipe, the dataset preset and the recipe (pplr_fast.config).
 
     Raises one ConfigError listing every problem of the command line: the
-    settings (:func:`config_problems`), the device and the dataset folder
+    settings (pplr_fast.config.config_problems), the device and the dataset folder
     (found, not yet read).
     """
     problems = []

@@ -415,9 +415,10 @@ class PPLRTrainer:
         """One epoch, and its metrics.jsonl line. Its seconds: ``extract_s`` (features of the
         training set), ``cluster_s`` (the clustering stage; each of its stages under its own
         name: ``knn_global_s``, ``knn_parts_s``, ``encoding_s``, ``jaccard_s``, ``dbscan_s``,
-        ``cross_agreement_s``), ``train_s`` (the iterations; ``s_per_iter``), ``eval_s`` (in
-        evaluated epochs) and ``epoch_s``, the whole epoch: these plus the centroids, the
-        pseudo-label numbers and best.pth."""
+        ``cross_agreement_s``, and under torchrun ``features_s``, the ranks' feature
+        exchange), ``train_s`` (the iterations; ``s_per_iter``), ``eval_s`` (in evaluated
+        epochs) and ``epoch_s``, the whole epoch: these plus the centroids, the pseudo-label
+        numbers and best.pth."""
         cfg = self.cfg
         start = time.perf_counter()
         result, x_g, x_p, extract_time = self.cluster(epoch)
