@@ -99,8 +99,8 @@ SHOWN_UNREADABLE = 5    # files named in the error; the rest are counted
 def check_images(dataset: ReidDataset, splits: Sequence[str] = SPLITS) -> None:
     """Raise UnreadableImagesError listing every image of ``splits`` that cannot be read.
 
-    A few bytes at each end of every file are read (:func:`image_problem`): 0.4 s for
-    13,000 small JPEGs in the page cache on a busy 2-core machine.
+    A few bytes at each end of every file are read (:func:`image_problem`): on a busy 2-core
+    machine, 13,000 small JPEGs took 0.3 s in the page cache, 2.3 s from disk.
     """
     bad: list[tuple[str, str]] = []
     per_split: dict[str, int] = {}
