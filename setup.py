@@ -84,7 +84,9 @@ setup(
         "faiss": ["faiss-cpu"],
     },
     entry_points={"console_scripts": [
-        "pplr-train=pplr_fast.train:main",
-        "pplr-evaluate=pplr_fast.evaluate:main",
+        # the cli() wrappers return None (exit status 0); main() returns results to Python callers
+        "pplr-train=pplr_fast.train:cli",
+        "pplr-evaluate=pplr_fast.evaluate:cli",
+        "pplr-visualize=pplr_fast.visualize:cli",
     ]},
 )

@@ -215,7 +215,7 @@ def _dataset_extractor(args: argparse.Namespace, device: torch.device):
     state = load_checkpoint(args.checkpoint)
     model = PPLRNet.from_checkpoint(state, device)
     config = state["config"]
-    samples = sorted(create_dataset(args.dataset, args.data_dir).train)
+    samples = sorted(create_dataset(args.dataset, args.data_dir, check_images=("train",)).train)
     return lambda: extract_features(model, samples, height=config["height"],
                                     width=config["width"], batch_size=args.extract_batch_size,
                                     workers=args.workers, device=device, progress=False)
@@ -228,7 +228,7 @@ def dataset_shape(args: argparse.Namespace) -> tuple[int, int, int, float]:
     from pplr_fast.models import PPLRNet
     from pplr_fast.utils.checkpoint import load_checkpoint
     config = load_checkpoint(args.checkpoint)["config"]
-    n = len(create_dataset(args.dataset, args.data_dir).train)
+    n = len(create_dataset(args.dataset, args.data_dir, check_images=()).train)   # a count only
     dim = PPLRNet(config["arch"], num_parts=config["parts"]).feature_dim
     return n, dim, config["parts"], DATASET_PRESETS[canonical_dataset_name(args.dataset)].eps
 

@@ -146,7 +146,18 @@ def make_config(dataset: str = "synthetic", *, cam: bool = False, **overrides: A
 
 
 class ConfigError(ValueError):
-    """Settings that cannot work together; the message names each problem and its fix."""
+    """Settings that cannot work together; the message names each problem and its fix.
+
+    ``problems`` holds one line per problem; the message lists them all, one per line.
+    """
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__(PROBLEM_SEPARATOR.join(self.problems))
+
+
+# Problems after the first line up under it in ``error: ...`` (the width of "error: ").
+PROBLEM_SEPARATOR = "\n       "
 
 
 _POSITIVE = ("height", "width", "batch_size", "num_instances", "epochs", "iters", "step_size",
@@ -155,6 +166,13 @@ _POSITIVE = ("height", "width", "batch_size", "num_instances", "epochs", "iters"
 
 def check_config(cfg: TrainConfig) -> None:
     """Every impossible setting of ``cfg``, reported together before anything runs or is written."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def config_problems(cfg: TrainConfig) -> list[str]:
+    """One line per impossible setting of ``cfg`` (what :func:`check_config` raises)."""
     problems = []
     for name in _POSITIVE:
         if getattr(cfg, name) < 1:
@@ -166,6 +184,12 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.num_instances >= 1 and cfg.batch_size % cfg.num_instances:
         problems.append(f"--batch-size {cfg.batch_size} must be a multiple of --num-instances "
                         f"{cfg.num_instances} (a batch is identities x instances)")
+    elif cfg.batch_size >= 1 and cfg.num_instances >= 1 and cfg.batch_size // cfg.num_instances < 2:
+        problems.append(
+            f"--batch-size {cfg.batch_size} with --num-instances {cfg.num_instances} is one "
+            "identity per batch: the triplet loss has no negative to learn from; pass "
+            f"--batch-size {2 * cfg.num_instances} or more (at least 2 x --num-instances) or a "
+            "smaller --num-instances")
     if cfg.k2 > cfg.k1:
         problems.append(f"--k2 {cfg.k2} must not exceed --k1 {cfg.k1}")
     if not 0 < cfg.eps < 1:
@@ -173,7 +197,7 @@ def check_config(cfg: TrainConfig) -> None:
     if not 0 <= cfg.beta <= 1:
         problems.append(f"--beta must lie in [0, 1]; got {cfg.beta}")
     if not 0 <= cfg.label_smoothing <= 1:
-        problems.append(f"label smoothing must lie in [0, 1]; got {cfg.label_smoothing}")
+        problems.append(f"--label-smoothing must lie in [0, 1]; got {cfg.label_smoothing}")
     if not cfg.lr > 0:
         problems.append(f"--lr must be > 0; got {cfg.lr}")
     if cfg.weight_decay < 0:
@@ -197,8 +221,7 @@ def check_config(cfg: TrainConfig) -> None:
             "paper's mAP. Pass --pretrained PATH (a torchvision resnet .pth file, e.g. "
             "resnet50-0676ba61.pth, copied to this machine), or --pretrained none to train from "
             "random weights on purpose")
-    if problems:
-        raise ConfigError("\n       ".join(problems))
+    return problems
 
 
 def check_data_size(cfg: TrainConfig, num_train_images: int) -> None:

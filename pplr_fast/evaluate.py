@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
@@ -17,11 +16,13 @@ from .data import DATASET_NAMES, DatasetError, ImageReadError, create_dataset, d
 from .evaluation import evaluate_split
 from .models import PPLRNet
 from .utils.checkpoint import CheckpointError, load_checkpoint
+from .utils.cli import plain_help
 from .utils.errors import one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pplr_fast.evaluate", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m pplr_fast.evaluate",
+                                description=plain_help(__doc__))
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pth or last.pth of a run")
     p.add_argument("-d", "--dataset", type=dataset_name_argument,
                    help=f"one of {', '.join(DATASET_NAMES)} (default: the checkpoint's)")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         state = load_checkpoint(args.checkpoint)
         cfg = state["config"]
         dataset = create_dataset(args.dataset or cfg["dataset"], args.data_dir or cfg["data_dir"],
-                                 generate=False)
+                                 generate=False, check_images=("query", "gallery"))
         model = PPLRNet.from_checkpoint(state, device)
         rerank = (dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
                   if args.rerank else None)
@@ -88,5 +89,14 @@ def rerank_table(metrics: dict, args) -> str:
     return "\n".join(lines)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The ``pplr-evaluate`` console script: :func:`main`, exit status 0 once it has printed.
+
+    ``main`` returns the metrics (for Python callers); a console script returning them would
+    print the dict and exit 1.
+    """
+    main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    cli()

@@ -16,8 +16,10 @@ Both are drop-ins (change the import, keep the call)::
 and :func:`re_rank_features` re-ranks straight from query and gallery features.
 
 What is computed (``re_ranking``). D is the (Q+G) x (Q+G) block matrix
-``[[q_q, q_g], [q_g^T, g_g]]``, squared element-wise (in the input's dtype,
-then rounded to float32) and scaled so that each image's largest distance is 1;
+``[[q_q, q_g], [q_g^T, g_g]]`` of Euclidean distances, squared element-wise
+(in the input's dtype, then rounded to float32; with ``squared=True`` the
+blocks already hold squared distances and are only rounded) and scaled so
+that each image's largest distance is 1;
 ``rank[i]`` lists D's row i by (value, column), so ties go to the lower index.
 With ``F(i, k)`` = the first k+1 entries of ``rank[i]`` and ``R(i, k)`` its
 entries j with ``i in F(j, k)``: ``E(i)`` = ``R(i, k1)`` plus each
@@ -44,13 +46,17 @@ Differences from the copied code: none in the result beyond float32 rounding
 (sums are accumulated in float64 here; results agree to ~1e-7) and the order
 of exactly tied distances (by index here; ``np.argsort``'s quicksort leaves it
 unspecified). Inputs that the copied code turns into NaN (non-finite
-distances, an image at distance 0 from every image) are refused.
+distances, an image at distance 0 from every image) are refused. Distances
+that are not Euclidean, most often squared Euclidean distances (which the
+copied function silently squares again), raise a SquaredDistanceWarning
+(:func:`euclidean_test`).
 """
 from __future__ import annotations
 
 import operator
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -59,9 +65,10 @@ from pplr_fast.cluster import jaccard_distance
 from pplr_fast.cluster.checks import check_enough_images
 from pplr_fast.utils.distinct_rows import DistinctRows, tied_matmul
 
-__all__ = ["compute_jaccard_distance", "re_ranking", "re_rank_features"]
+__all__ = ["compute_jaccard_distance", "re_ranking", "re_rank_features", "SquaredDistanceWarning"]
 
 GIB = 1024 ** 3
+EUCLIDEAN_TEST_IMAGES = 256     # images whose distances the Euclidean test reads (10 ms)
 CHUNK_BYTES = 256 * 1024 ** 2   # a block of D rows (or of the feature GEMM) held at once
 SPARSE_HINT = ("use pplr_fast.cluster.jaccard_distance(features, k1, k2), which returns a sparse "
                "matrix in O(N·k) memory (pplr_fast.cluster.dbscan takes it directly)")
@@ -205,21 +212,102 @@ def _squared_float32(values: np.ndarray) -> np.ndarray:
     return np.square(values.astype(np.float64)).astype(np.float32)
 
 
+# --------------------------------------------------------------------------- squared input
+
+
+class SquaredDistanceWarning(UserWarning):
+    """re_ranking was given distances that are not Euclidean: most likely squared ones."""
+
+
+def _rounding_tolerance(*blocks) -> float:
+    """How negative (relative to the largest) an eigenvalue of the Euclidean test may be
+    from rounding alone: 3e-3 covers distances computed in float16 (3e-4 to 1e-3 seen);
+    bfloat16 inputs get 3 of their epsilons."""
+    tolerance = 3e-3
+    for block in blocks:
+        dtype = getattr(block, "dtype", None)
+        if dtype is torch.bfloat16:
+            tolerance = max(tolerance, 3 * torch.finfo(torch.bfloat16).eps)
+    return tolerance
+
+
+def euclidean_test(q_g, q_q, g_g, images: int = EUCLIDEAN_TEST_IMAGES) -> float:
+    """How far the distances among a sample of the images are from Euclidean distances.
+
+    Distances d between m points are Euclidean (the distances of some m
+    points in some space) exactly when the double-centred matrix of their
+    squares, ``G = -1/2 J (d * d) J`` with ``J = I - 11^T / m``, has no negative
+    eigenvalue (Schoenberg; on 3 points this is the triangle inequality).
+    Squared Euclidean distances are not Euclidean distances: in high
+    dimension they still satisfy the triangle inequality on nearly every
+    triple, but G of a few hundred of them has clearly negative eigenvalues.
+    The test reads the (images x images) distances of a fixed random sample
+    (all images when there are fewer) from the three blocks.
+
+    Returns:
+        G's smallest eigenvalue over its largest: >= 0 up to rounding (about
+        1e-7 for float32 distances, 1e-3 for float16) for Euclidean distances;
+        around -1e-2 to -0.2 for squared distances of real and clustered features.
+        0 when there are fewer than 3 images or a sampled distance is not finite.
+    """
+    q, g = q_g.shape
+    n = q + g
+    if n < 3:
+        return 0.0
+    index = np.sort(np.random.default_rng(0).choice(n, size=min(n, images), replace=False))
+    m = len(index)
+    rows, cols = np.repeat(index, m), np.tile(index, m)
+    if isinstance(q_g, torch.Tensor):
+        rows, cols = (torch.from_numpy(t).to(q_g.device) for t in (rows, cols))
+        sample = _block_matrix_entries(q_q, q_g, g_g, q, rows, cols).cpu().numpy()
+    else:
+        sample = _block_matrix_entries(q_q, q_g, g_g, q, rows, cols)
+    sample = sample.reshape(m, m)
+    if not np.isfinite(sample).all():
+        return 0.0             # refused later, with its own message
+    sample = (sample + sample.T) / 2
+    sq = sample * sample
+    gram = -0.5 * (sq - sq.mean(axis=0) - sq.mean(axis=1)[:, None] + sq.mean())
+    eigenvalues = np.linalg.eigvalsh(gram)
+    return float(eigenvalues[0] / eigenvalues[-1]) if eigenvalues[-1] > 0 else 0.0
+
+
+def _warn_unless_euclidean(q_g, q_q, g_g, tolerance: float, stacklevel: int) -> None:
+    ratio = euclidean_test(q_g, q_q, g_g)
+    if ratio < -tolerance:
+        warnings.warn(
+            "re_ranking: these distances are not Euclidean distances (the distances among "
+            f"{min(q_g.shape[0] + q_g.shape[1], EUCLIDEAN_TEST_IMAGES)} sampled images fail the "
+            f"Euclidean test, {ratio:.2g}); most likely they are squared Euclidean distances "
+            "(torchreid's 'euclidean' metric is squared, 1 - cosine similarity is squared / 2). "
+            "re_ranking squares its input, as the copied function does, so squared input is "
+            "used to the 4th power and the result is off. Pass Euclidean distances (np.sqrt or "
+            "torch.sqrt of your squared matrices, clamped at 0), or squared=True to have them "
+            "used as the squared distances they are; to reproduce a code base that passes "
+            "squared distances on purpose, filter SquaredDistanceWarning.",
+            SquaredDistanceWarning, stacklevel=stacklevel)
+
+
 # --------------------------------------------------------------------------- re_ranking
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
-               lambda_value: float = 0.3, *, timings: dict | None = None):
+               lambda_value: float = 0.3, *, squared: bool = False, timings: dict | None = None):
     """Re-ranked query-gallery distances (Zhong et al., CVPR 2017), as the copied function.
 
     Args:
         q_g_dist: (Q, G) distances between queries and gallery images.
         q_q_dist: (Q, Q) distances between queries.
         g_g_dist: (G, G) distances between gallery images.
-            numpy arrays or torch tensors (CPU or CUDA), usually Euclidean
-            distances (they are squared here, as in the copied function).
+            numpy arrays or torch tensors (CPU or CUDA) of Euclidean (not
+            squared) distances: they are squared here, as in the copied
+            function. Distances that fail a Euclidean test on a sample of the
+            images (squared ones do) raise a SquaredDistanceWarning.
         k1, k2: k-reciprocal neighbourhood and query-expansion sizes (>= 1; k1 at
             most Q + G, the images ranked: a larger k1 is refused).
         lambda_value: weight of the original distance, in [0, 1].
+        squared: the blocks hold squared Euclidean distances: they are used as
+            they are, not squared again (the same result as passing their
+            square roots, up to float32 rounding), and not tested.
         timings: a dict that receives the seconds of each stage (CPU path).
 
     Returns:
@@ -230,9 +318,11 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
     k1, k2, lam = check_parameters(k1, k2, lambda_value)
     as_tensor = isinstance(q_g_dist, torch.Tensor)
     blocks = (q_g_dist, q_q_dist, g_g_dist)
+    tolerance = _rounding_tolerance(*blocks)
     if any(isinstance(b, torch.Tensor) and b.is_cuda for b in blocks):
         out = _re_ranking_torch(*(torch.as_tensor(b).to(q_g_dist.device if as_tensor else "cuda")
-                                  for b in blocks), k1, k2, lam)
+                                  for b in blocks), k1, k2, lam, squared=squared,
+                                tolerance=tolerance, stacklevel=4)
         return out if as_tensor else out.cpu().numpy()
     q_g = _as_block(q_g_dist, "q_g_dist")
     q_q = _as_block(q_q_dist, "q_q_dist")
@@ -248,22 +338,27 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
     K = min(n, max(k1 + 1, k2))
     # D rows of the queries: [column i of q_q, row i of q_g]; of gallery image
     # g: [column g of q_g, column g of g_g] (the columns of the block matrix).
-    rank_q, max_q, bad_q, zero_q = _rerank.rank_rows(q_q, True, q_g, False, K, True)
-    rank_g, max_g, bad_g, zero_g = _rerank.rank_rows(q_g, True, g_g, True, K, True)
+    square = not squared            # D is the square of Euclidean input, squared input as given
+    rank_q, max_q, bad_q, zero_q = _rerank.rank_rows(q_q, True, q_g, False, K, square)
+    rank_g, max_g, bad_g, zero_g = _rerank.rank_rows(q_g, True, g_g, True, K, square)
     _raise_row_problems(bad_q if bad_q >= 0 else (q + bad_g if bad_g >= 0 else -1),
                         zero_q if zero_q >= 0 else (q + zero_g if zero_g >= 0 else -1),
                         q, "distances")
+    if not squared:
+        _warn_unless_euclidean(q_g, q_q, g_g, tolerance, stacklevel=3)
     rank = np.concatenate([rank_q, rank_g])
     rowmax = np.concatenate([max_q, max_g])
     clock("ranks")
 
     def entry_values(rows, cols):
-        return _squared_float32(_block_matrix_entries(q_q, q_g, g_g, q, cols, rows))
+        values = _block_matrix_entries(q_q, q_g, g_g, q, cols, rows)
+        return _squared_float32(values) if square else values.astype(np.float32)
 
     crow, col, v = _encode(rank, entry_values, rowmax, k1)
     clock("encoding")
     out = np.empty((q, g), dtype=np.float32)
-    _rerank.overlap_combine(crow, col, v, rank, _expansion_length(k2, K), q_g, True, max_q, lam, out)
+    _rerank.overlap_combine(crow, col, v, rank, _expansion_length(k2, K), q_g, square, max_q, lam,
+                            out)
     clock("jaccard + output")
     return torch.from_numpy(out) if as_tensor else out
 
@@ -348,7 +443,8 @@ def _finish_device(rank, rowmax, entry_values, qg_squared, q: int, k1: int, k2: 
     return out
 
 
-def _re_ranking_torch(q_g, q_q, g_g, k1: int, k2: int, lam: float) -> torch.Tensor:
+def _re_ranking_torch(q_g, q_q, g_g, k1: int, k2: int, lam: float, *, squared: bool = False,
+                      tolerance: float | None = None, stacklevel: int = 3) -> torch.Tensor:
     """:func:`re_ranking` on tensors of any device: the O(N^2) passes in torch."""
     def floating(t):
         return t.detach().float() if not t.is_floating_point() or t.dtype in (
@@ -364,20 +460,27 @@ def _re_ranking_torch(q_g, q_q, g_g, k1: int, k2: int, lam: float) -> torch.Tens
                        f"re-ranking {q} queries against {g} gallery "
                        "images on the GPU", "re-rank the queries in smaller batches", device)
     K = min(n, max(k1 + 1, k2))
+    square = not squared
     rank_q, max_q, bad_q, zero_q = _rank_rows_torch(
-        lambda r0, r1: torch.cat([q_q[:, r0:r1].T, q_g[r0:r1]], dim=1).double(), q, n, K, True, device)
+        lambda r0, r1: torch.cat([q_q[:, r0:r1].T, q_g[r0:r1]], dim=1).double(), q, n, K, square,
+        device)
     rank_g, max_g, bad_g, zero_g = _rank_rows_torch(
         lambda r0, r1: torch.cat([q_g[:, r0:r1].T, g_g[:, r0:r1].T], dim=1).double(), g, n, K,
-        True, device)
+        square, device)
     _raise_row_problems(bad_q if bad_q >= 0 else (q + bad_g if bad_g >= 0 else -1),
                         zero_q if zero_q >= 0 else (q + zero_g if zero_g >= 0 else -1),
                         q, "distances")
+    if not squared:
+        _warn_unless_euclidean(q_g, q_q, g_g, _rounding_tolerance(q_g, q_q, g_g)
+                               if tolerance is None else tolerance, stacklevel)
 
     def entry_values(rows, cols):
-        return _block_matrix_entries(q_q, q_g, g_g, q, cols, rows).square().float()
+        values = _block_matrix_entries(q_q, q_g, g_g, q, cols, rows)
+        return (values.square() if square else values).float()
 
+    qg = q_g.double()
     return _finish_device(torch.cat([rank_q, rank_g]), torch.cat([max_q, max_g]), entry_values,
-                          q_g.double().square().float(), q, k1, k2, lam)
+                          (qg.square() if square else qg).float(), q, k1, k2, lam)
 
 
 # --------------------------------------------------------------------------- from features

@@ -24,15 +24,16 @@ from pathlib import Path
 import torch
 
 from .backend import BACKENDS
-from .config import (DATASET_PRESETS, DEMO_RECIPE, METHODS, NO_PRETRAINED, RECIPE, ConfigError,
-                     TrainConfig, check_config, make_config)
-from .data import DATASET_NAMES, DatasetError, ImageReadError, create_dataset, dataset_name_argument
+from .config import (DATASET_PRESETS, DEMO_RECIPE, METHODS, NO_PRETRAINED, PROBLEM_SEPARATOR,
+                     RECIPE, ConfigError, TrainConfig, config_problems, make_config)
+from .data import (DATASET_NAMES, DatasetError, ImageReadError, create_dataset,
+                   dataset_name_argument, locate_dataset)
 from .models import RESNETS, PretrainedWeightsError
 from .trainer import PPLRTrainer
 from .utils import distributed
 from .utils.checkpoint import CheckpointError
+from .utils.cli import plain_help
 from .utils.errors import one_line
-
 
 
 def _default(name: str) -> str:
@@ -50,7 +51,7 @@ def _preset(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every default shown comes from :mod:`pplr_fast.config`."""
     p = argparse.ArgumentParser(
-        prog="python -m pplr_fast.train", description=__doc__,
+        prog="python -m pplr_fast.train", description=plain_help(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group("data")
     a.add_argument("-d", "--dataset", default="synthetic", type=dataset_name_argument,
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--k", type=int, help=f"cross-agreement neighbourhood {_default('k')}")
     c.add_argument("--beta", type=float, help=f"PGLR weight of the one-hot label {_default('beta')}")
     c.add_argument("--aals-epoch", type=int, help=f"first epoch of AALS {_default('aals_epoch')}")
+    c.add_argument("--label-smoothing", type=float,
+                   help="label smoothing of the part cross-entropy before --aals-epoch "
+                        f"{_default('label_smoothing')}")
     c.add_argument("--cam", action="store_true", help="PPLR-CAM: add the inter-camera proxy loss")
     c.add_argument("--lam-cam", type=float, help=f"weight of the camera loss {_preset('lam_cam')}")
     r = p.add_argument_group("run")
@@ -117,13 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Flags override the demo recipe, the dataset preset and the recipe (pplr_fast.config)."""
+    """Flags override the demo recipe, the dataset preset and the recipe (pplr_fast.config).
+
+    Raises one ConfigError listing every problem of the command line: the
+    settings (pplr_fast.config.config_problems), the device and the dataset folder
+    (found, not yet read).
+    """
+    problems = []
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but this torch build sees no CUDA GPU; "
-                          "use --device cpu (or auto)")
+        problems.append("--device cuda but this torch build sees no CUDA GPU; "
+                        "use --device cpu (or auto)")
     logs = args.logs_dir or str(Path("logs") / args.dataset / time.strftime("%Y%m%d-%H%M%S"))
     if args.resume and not args.logs_dir:
         logs = str(Path(args.resume).parent)
@@ -133,7 +143,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # absolute paths: a checkpoint read from another folder still finds its data
     cfg = make_config(args.dataset, cam=args.cam, data_dir=str(Path(args.data_dir).resolve()),
                       logs_dir=str(Path(logs).resolve()), device=device, **overrides)
-    check_config(cfg)
+    problems += config_problems(cfg)
+    try:
+        locate_dataset(cfg.dataset, cfg.data_dir)
+    except DatasetError as err:
+        problems.append(str(err).replace("\n", PROBLEM_SEPARATOR))
+    if problems:
+        raise ConfigError(problems)
     return cfg
 
 
@@ -179,10 +195,19 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The ``pplr-train`` console script: :func:`main`, exit status 0 once the run has ended.
+
+    A console script exits with what its function returns; ``main`` returns the run's summary
+    (for Python callers), which as an exit status would be printed and exit 1.
+    """
+    main(argv)
+
+
 def trainer_started(logs: Path) -> bool:
     """Whether the run in ``logs`` has saved a checkpoint (then its folder is kept)."""
     return (logs / "last.pth").exists()
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    cli()

@@ -394,9 +394,11 @@ class PPLRTrainer:
         if cfg.resume:
             self.restore(cfg.resume)
         else:
+            eval_start = time.perf_counter()
             self.initial_metrics = self.evaluate()
             if distributed.is_main():
-                self.metrics.append({"epoch": -1, **self.initial_metrics})
+                self.metrics.append({"epoch": -1, **self.initial_metrics,
+                                     "eval_s": time.perf_counter() - eval_start})
                 self.say(f"before training: mAP {self.initial_metrics['mAP']:.1%}, "
                          f"rank-1 {self.initial_metrics['rank1']:.1%}")
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -410,11 +412,19 @@ class PPLRTrainer:
         return self._finish()
 
     def _run_epoch(self, epoch: int) -> dict:
+        """One epoch, and its metrics.jsonl line. Its seconds: ``extract_s`` (features of the
+        training set), ``cluster_s`` (the clustering stage; each of its stages under its own
+        name: ``knn_global_s``, ``knn_parts_s``, ``encoding_s``, ``jaccard_s``, ``dbscan_s``,
+        ``cross_agreement_s``, and under torchrun ``features_s``, the ranks' feature
+        exchange), ``train_s`` (the iterations; ``s_per_iter``), ``eval_s`` (in evaluated
+        epochs) and ``epoch_s``, the whole epoch: these plus the centroids, the pseudo-label
+        numbers and best.pth."""
         cfg = self.cfg
         start = time.perf_counter()
         result, x_g, x_p, extract_time = self.cluster(epoch)
+        stages = {f"{k}_s": v for k, v in result.timings.items() if k != "total"}
         record = {"epoch": epoch, "clusters": result.num_clusters, "outliers": result.num_outliers,
-                  "extract_s": extract_time, **{f"{k}_s": v for k, v in result.timings.items()},
+                  "extract_s": extract_time, "cluster_s": result.timings["total"], **stages,
                   "cluster_backend": result.backend, "lr": self._lr(epoch)}
         # the true identities are read here only, for the log (never for training)
         record.update(pseudo_label_quality(result.labels, self.train_ids, result.scores))
@@ -446,8 +456,9 @@ class PPLRTrainer:
         if self.stop_requested:
             return record
         if (epoch + 1) % cfg.eval_step == 0 or epoch == cfg.epochs - 1:
+            eval_start = time.perf_counter()
             metrics = self.evaluate()
-            record.update(metrics)
+            record.update(metrics, eval_s=time.perf_counter() - eval_start)
             if distributed.is_main():
                 improved = metrics["mAP"] > self.best_map
                 if improved:

@@ -1,7 +1,8 @@
 """``python -m pplr_fast.visualize agreement --checkpoint RUN/best.pth``: what the
 cross-agreement score sees.
 
-For each part n, one PNG grid: the training images with the LOWEST score
+For each part n (numbered from 0, the top stripe, as in metrics.jsonl's
+agreement_per_part), one PNG grid: the training images with the LOWEST score
 A[i, n] (top block) and with the HIGHEST (bottom block), ``--count`` of each
 (default 50; at most half the training set each, so the blocks never share an
 image), the score printed under each image and part n's horizontal stripe
@@ -22,14 +23,14 @@ below ``--duplicate-distance`` (default 0.2, i.e. cosine similarity above
 0 keeps every image.
 
 The grids are written beside the checkpoint as
-``<checkpoint stem>_agreement_part<n>.png``; the command prints each path
-and the scores shown, in grid order.
+``<checkpoint stem>_agreement_part<n>.png``, each titled with the checkpoint
+(run folder and file name), its epoch and the part; the command prints each
+path and the scores shown, in grid order.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,8 +39,8 @@ import numpy as np
 import torch
 
 # Grid layout (pixels): every image is resized to TILE_W x TILE_H, its score is
-# written in a LABEL_H band under it, tiles are PAD apart and from the edges,
-# and each block starts with a TITLE_H line.
+# written in a LABEL_H band under it, tiles are PAD apart and from the edges;
+# the PNG starts with a TITLE_H header line and each block with a TITLE_H line.
 TILE_W, TILE_H = 64, 128
 LABEL_H = 14
 TITLE_H = 18
@@ -62,6 +63,8 @@ class PartGrid:
     highest: list[int]
     highest_scores: list[float]
     path: Path | None = None
+    checkpoint: str = ""      # what the header names: "<run folder>/<file name>"
+    epoch: int = -1           # the checkpoint's epoch, whose clustering gave the scores
 
 
 def feature_map_rows(height: int) -> int:
@@ -126,11 +129,26 @@ def _font():
         return ImageFont.load_default()
 
 
-def grid_size(num_lowest: int, num_highest: int, columns: int) -> tuple[int, int]:
-    """(width, height) of a part's PNG with these many images per block."""
+def grid_titles(grid: PartGrid, num_parts: int) -> tuple[str, str, str]:
+    """The header and the two block titles of a part's PNG.
+
+    Parts are numbered from 0 (the top stripe), as in the file names, the
+    printed lines and metrics.jsonl's ``agreement_per_part``.
+    """
+    header = (f"{grid.checkpoint}, epoch {grid.epoch}: part {grid.part} of parts "
+              f"0-{num_parts - 1} (top to bottom)")
+    return (header, f"part {grid.part}: {len(grid.lowest)} lowest agreement scores",
+            f"part {grid.part}: {len(grid.highest)} highest agreement scores")
+
+
+def grid_size(num_lowest: int, num_highest: int, columns: int,
+              text_width: int = 0) -> tuple[int, int]:
+    """(width, height) of a part's PNG with these many images per block; at least
+    ``text_width`` (the widest title) plus the margins wide."""
     def block(n: int) -> int:
         return TITLE_H + max(1, math.ceil(n / columns)) * (TILE_H + LABEL_H + PAD)
-    return columns * (TILE_W + PAD) + PAD, PAD + block(num_lowest) + block(num_highest)
+    width = max(columns * (TILE_W + PAD) + PAD, text_width + 2 * PAD)
+    return width, PAD + TITLE_H + block(num_lowest) + block(num_highest)
 
 
 def render_grid(grid: PartGrid, samples: Sequence[tuple[str, int, int]], num_parts: int,
@@ -138,16 +156,17 @@ def render_grid(grid: PartGrid, samples: Sequence[tuple[str, int, int]], num_par
     """The PIL image of one part's grid (layout: module constants)."""
     from PIL import Image, ImageDraw
 
-    width, height = grid_size(len(grid.lowest), len(grid.highest), columns)
+    font = _font()
+    header, lowest_title, highest_title = titles = grid_titles(grid, num_parts)
+    text_width = math.ceil(max(font.getlength(title) for title in titles))
+    width, height = grid_size(len(grid.lowest), len(grid.highest), columns, text_width)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = _font()
     top, bottom = stripe_bounds(grid.part, num_parts, train_height)
-    y = PAD
-    blocks = ((f"part {grid.part + 1}/{num_parts}: {len(grid.lowest)} lowest agreement scores",
-               grid.lowest, grid.lowest_scores),
-              (f"part {grid.part + 1}/{num_parts}: {len(grid.highest)} highest agreement scores",
-               grid.highest, grid.highest_scores))
+    draw.text((PAD, PAD + 2), header, fill=(0, 0, 0), font=font)
+    y = PAD + TITLE_H
+    blocks = ((lowest_title, grid.lowest, grid.lowest_scores),
+              (highest_title, grid.highest, grid.highest_scores))
     for title, indices, scores in blocks:
         draw.text((PAD, y + 2), title, fill=(0, 0, 0), font=font)
         y += TITLE_H
@@ -196,7 +215,7 @@ def agreement_grids(checkpoint: str, *, dataset: str | None = None, data_dir: st
     cfg = state["config"]
     name, folder = dataset or cfg["dataset"], data_dir or cfg["data_dir"]
     try:
-        data = create_dataset(name, folder)
+        data = create_dataset(name, folder, check_images=("train",))
     except DatasetError as error:
         raise VisualizeError(f"{error} (the dataset comes from the checkpoint; "
                              "override it with --dataset/--data-dir)") from None
@@ -221,6 +240,7 @@ def agreement_grids(checkpoint: str, *, dataset: str | None = None, data_dir: st
         return np.stack([cache[i] for i in indices])
 
     per_side = min(count, len(samples) // 2)
+    label = f"{Path(checkpoint).resolve().parent.name}/{Path(checkpoint).name}"
     out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     grids = []
@@ -232,7 +252,8 @@ def agreement_grids(checkpoint: str, *, dataset: str | None = None, data_dir: st
         highest = select_extremes(descending, per_side, duplicate_distance, features,
                                   exclude=set(lowest))
         grid = PartGrid(part, lowest, [float(column[i]) for i in lowest],
-                        highest, [float(column[i]) for i in highest])
+                        highest, [float(column[i]) for i in highest],
+                        checkpoint=label, epoch=int(state["epoch"]))
         grid.path = out / f"{Path(checkpoint).stem}_agreement_part{part}.png"
         render_grid(grid, samples, scores.shape[1], cfg["height"], columns,
                     read_rgb_image).save(grid.path)
@@ -241,7 +262,9 @@ def agreement_grids(checkpoint: str, *, dataset: str | None = None, data_dir: st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pplr_fast.visualize", description=__doc__,
+    from .utils.cli import plain_help
+    parser = argparse.ArgumentParser(prog="python -m pplr_fast.visualize",
+                                     description=plain_help(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     a = commands.add_parser("agreement", help="per part, the lowest and highest scoring images")
@@ -277,6 +300,9 @@ def main(argv: list[str] | None = None) -> list[PartGrid]:
                                 workers=args.workers, out_dir=args.out_dir)
     except (VisualizeError, ImageReadError) as error:
         raise SystemExit(f"error: {error}") from None
+    if grids:
+        print(f"{grids[0].checkpoint}, epoch {grids[0].epoch}: agreement of parts "
+              f"0-{len(grids) - 1} (top to bottom)")
     for grid in grids:
         print(f"part {grid.part}: {grid.path}")
         print("  lowest: " + " ".join(f"{s:.4f}" for s in grid.lowest_scores))
@@ -284,6 +310,14 @@ def main(argv: list[str] | None = None) -> list[PartGrid]:
     return grids
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The ``pplr-visualize`` console script: :func:`main`, exit status 0 once the PNGs are written.
+
+    ``main`` returns the grids (for Python callers); a console script returning them would
+    print the list and exit 1.
+    """
+    main(argv)
+
+
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    cli()

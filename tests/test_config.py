@@ -94,3 +94,31 @@ def test_the_training_split_needs_k1_images():
     check_data_size(make_config("synthetic", k1=30), 30)
     with pytest.raises(ConfigError, match="29 images, fewer than k1=30"):
         check_data_size(make_config("synthetic", k1=30), 29)
+
+
+def test_label_smoothing_has_a_flag_and_its_check_names_it(tmp_path):
+    parser = build_parser()
+    given = config_from_args(parser.parse_args(["--label-smoothing", "0.2",
+                                                "--logs-dir", str(tmp_path / "x")]))
+    assert given.label_smoothing == 0.2
+    default = config_from_args(parser.parse_args(["--logs-dir", str(tmp_path / "x")]))
+    assert default.label_smoothing == RECIPE["label_smoothing"]
+    text = " ".join(parser.format_help().split())
+    assert f"--label-smoothing LABEL_SMOOTHING label smoothing of the part cross-entropy " \
+           f"before --aals-epoch (default: {RECIPE['label_smoothing']})" in text
+    with pytest.raises(ConfigError, match=r"--label-smoothing must lie in \[0, 1\]; got 1.5"):
+        check_config(make_config("synthetic", label_smoothing=1.5))
+
+
+def test_a_batch_of_one_identity_is_refused(tmp_path):
+    """-b 4 with the default 4 instances: one pseudo identity per batch, no triplet negative."""
+    with pytest.raises(ConfigError, match=r"--batch-size 4 with --num-instances 4 is one identity "
+                                          r"per batch.*no negative.*--batch-size 8 or more"):
+        check_config(make_config("synthetic", batch_size=4))
+    with pytest.raises(ConfigError, match="--batch-size 8 with --num-instances 8 is one identity"):
+        check_config(make_config("veri", batch_size=8, pretrained="none"))
+    for batch, instances in ((8, 4), (4, 2)):
+        check_config(make_config("synthetic", batch_size=batch, num_instances=instances))
+    args = build_parser().parse_args(["-b", "4", "--logs-dir", str(tmp_path / "x")])
+    with pytest.raises(ConfigError, match="one identity per batch"):
+        config_from_args(args)

@@ -13,9 +13,13 @@ from pplr_fast.data import (
     DatasetWarning,
     ImageDataset,
     ImageReadError,
+    UnreadableImagesError,
     build_test_transform,
     canonical_dataset_name,
+    check_images,
     create_dataset,
+    image_problem,
+    read_market_layout,
     read_rgb_image,
 )
 
@@ -121,6 +125,10 @@ def _msmt_tree(data_dir):
     for name, lines in files.items():
         with open(os.path.join(root, name), "w") as f:
             f.write("\n".join(lines) + "\n")
+        images = os.path.join(root, "train" if name in ("list_train.txt", "list_val.txt") else "test")
+        for line in filter(None, lines):       # the images the lists name
+            folder, file = os.path.split(line.split()[0])
+            _touch_images(os.path.join(images, folder), [file])
     return root
 
 
@@ -220,3 +228,76 @@ def test_image_dataset_items_and_corrupt_file(tmp_path):
             dataset[index]
         assert str(path) in str(error.value) and "remove or replace" in str(error.value)
         assert isinstance(error.value, OSError)
+
+
+def test_every_unreadable_image_is_reported_when_the_dataset_is_scanned(tmp_path):
+    """Empty, truncated and non-image files of every split, all in one error; files whose
+    ends look unusual but that decode (bytes after a JPEG's end marker, a small JPEG without
+    one, a PNG without IEND) still pass."""
+    root = tmp_path / "DukeMTMC-reID"
+    names = {"bounding_box_train": [f"0005_c2_f00469{k:02d}.jpg" for k in range(6)],
+             "query": ["0010_c1_f0000001.jpg", "0011_c1_f0000001.jpg"],
+             "bounding_box_test": ["0010_c3_f0000002.jpg", "0011_c3_f0000002.jpg",
+                                   "0012_c4_f0000002.png", "0013_c4_f0000003.png"]}
+    for folder, files in names.items():
+        _touch_images(root / folder, files)
+    train, query, gallery = (root / f for f in names)
+    whole = (train / names["bounding_box_train"][0]).read_bytes()
+    broken = {
+        train / "0005_c2_f0046901.jpg": whole[:len(whole) // 2],       # truncated copy
+        train / "0005_c2_f0046902.jpg": b"",                            # empty
+        train / "0005_c2_f0046904.jpg": b"<html>404 Not Found</html>",  # not an image
+        query / "0011_c1_f0000001.jpg": whole[:30],                     # header cut
+        gallery / "0011_c3_f0000002.jpg": whole[:len(whole) // 3],
+        gallery / "0013_c4_f0000003.png": (gallery / "0013_c4_f0000003.png").read_bytes()[:40],
+    }
+    for path, data in broken.items():
+        path.write_bytes(data)
+    (train / "0005_c2_f0046903.jpg").write_bytes(whole[:-2])                  # decodes fine
+    (train / "0005_c2_f0046905.jpg").write_bytes(whole + b"camera trailer")   # decodes fine
+    png = gallery / "0012_c4_f0000002.png"
+    png.write_bytes(png.read_bytes()[:-12])                                   # decodes fine
+    with pytest.raises(UnreadableImagesError) as error:
+        create_dataset("duke", str(tmp_path))
+    message = str(error.value)
+    assert "6 of 12 images cannot be read (train 3, query 1, gallery 2)" in message
+    assert sorted(path for path, _ in error.value.files) == sorted(map(str, broken))
+    shown = [str(path) for path in sorted(broken) if str(path) in message]
+    assert len(shown) == 5 and "... and 1 more" in message
+    assert "empty file" in message and "truncated" in message
+    assert "replace them with intact copies" in message and isinstance(error.value, DatasetError)
+    # evaluation reads only the query and gallery: a broken training image does not stop it
+    for path in broken:
+        if path.parent == train:
+            path.unlink()
+    with pytest.raises(UnreadableImagesError, match="3 of 6 images cannot be read"):
+        create_dataset("duke", str(tmp_path), check_images=("query", "gallery"))
+    assert len(create_dataset("duke", str(tmp_path), check_images=()).train) == 3
+
+
+def test_image_problem_reads_a_few_bytes_of_intact_files(tmp_path, monkeypatch):
+    """Intact JPEG, PNG and BMP files are judged by their first and last bytes, not decoded."""
+    from pplr_fast.data import image_dataset
+    paths = []
+    for suffix in ("jpg", "png", "bmp"):
+        paths.append(tmp_path / f"a.{suffix}")
+        Image.new("RGB", (6, 10), (1, 2, 3)).save(paths[-1])
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} was decoded")
+
+    monkeypatch.setattr(image_dataset, "read_rgb_image", no_decoding)
+    assert [image_problem(str(p)) for p in paths] == [None, None, None]
+    assert image_problem(str(tmp_path / "missing.jpg")) == "no such file"
+
+
+def test_corrupt_synthetic_image_names_the_regeneration(tmp_path):
+    from pplr_fast.data import make_synthetic_dataset
+    folder = make_synthetic_dataset(str(tmp_path), num_train_ids=5, num_test_ids=3,
+                                    num_cameras=2)
+    victim = sorted((tmp_path / "synthetic" / "query").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])
+    dataset = read_market_layout(folder, name="synthetic")
+    with pytest.raises(UnreadableImagesError, match=f"(?s){victim.name}: .*delete {folder} and "
+                                                    "run again: the synthetic dataset is generated"):
+        check_images(dataset)

@@ -15,6 +15,7 @@ full sorts, Python sets), independently of the sparse implementation:
 """
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -169,6 +170,7 @@ def test_float64_distances_are_squared_before_rounding():
     assert rerank._squared_float32(np.array([x]))[0] == np.float32(x * x)
 
 
+@pytest.mark.filterwarnings("ignore::pplr_fast.rerank.SquaredDistanceWarning")   # not distances
 def test_re_ranking_reads_columns_of_asymmetric_blocks():
     """Blocks that are not symmetric: D's row i is the block matrix's column i."""
     rng = np.random.default_rng(2)
@@ -395,3 +397,92 @@ def test_evaluate_cli_prints_metrics_with_and_without_re_ranking(tmp_path, capsy
                                         "num_valid_queries"}
     with pytest.raises(SystemExit, match="--rerank: k1 must be an integer >= 1"):
         main(common + ["--rerank", "--k1", "0"])
+
+
+# --------------------------------------------------------------------------- squared input
+
+
+def unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_features(kind, rng):
+    """Features the Euclidean test must judge right: high-dimensional ones too, where squared
+    distances satisfy the triangle inequality on nearly every triple."""
+    if kind == "random-2048":
+        return unit_rows(rng.normal(size=(300, 2048)))
+    if kind == "clustered-2048":      # re-ID-like: identities, and duplicated images
+        centres = unit_rows(rng.normal(size=(40, 2048)))
+        x = unit_rows(centres[rng.integers(0, 40, 300)] + 0.5 * unit_rows(rng.normal(size=(300, 2048))))
+        x[250:] = x[rng.integers(0, 250, 50)]
+        return x
+    if kind == "low-rank-512":        # trained features span few directions
+        z = rng.normal(size=(30, 16))[rng.integers(0, 30, 300)] + 0.3 * rng.normal(size=(300, 16))
+        return unit_rows(z @ rng.normal(size=(16, 512)))
+    return features(kind, 200, rng)   # the oracle tests' random / clustered / tied (dim 8 and 4)
+
+
+SQUARED_KINDS = ["random-2048", "clustered-2048", "low-rank-512", "random", "clustered", "tied"]
+
+
+def float32_distance_blocks(x, q):
+    """Euclidean distances as a user computes them: float32 GEMM, clamp, sqrt (the rounding
+    of near-zero distances is at its worst there)."""
+    x = torch.from_numpy(x).float()
+    norms = (x * x).sum(1)
+    d = (norms[:, None] + norms[None] - 2 * x @ x.T).clamp_(min=0).sqrt_().numpy()
+    return d[:q, q:], d[:q, :q], d[q:, q:]
+
+
+@pytest.mark.parametrize("kind", SQUARED_KINDS)
+def test_euclidean_distances_pass_and_squared_ones_warn(kind, rng, monkeypatch):
+    # the torch path's test runs before its kernels (slow under the Triton interpreter)
+    monkeypatch.setattr(rerank, "_finish_device", lambda *args: torch.zeros(1))
+    blocks = float32_distance_blocks(test_features(kind, rng), 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rerank.SquaredDistanceWarning)
+        for dtype in (np.float32, np.float64, np.float16):
+            re_ranking(*(b.astype(dtype) for b in blocks), k1=6, k2=3)
+        rerank._re_ranking_torch(*(torch.from_numpy(b) for b in blocks), 6, 3, 0.3)
+    assert rerank.euclidean_test(*blocks) > -1e-5
+    squared = tuple(b.astype(np.float64) ** 2 for b in blocks)
+    assert rerank.euclidean_test(*squared) < -1e-2
+    with pytest.warns(rerank.SquaredDistanceWarning,
+                      match=r"not Euclidean distances.*squared.*np\.sqrt.*squared=True") as caught:
+        re_ranking(*squared, k1=6, k2=3)
+    assert caught[0].filename == __file__, "the warning points at the caller's line"
+    with pytest.warns(rerank.SquaredDistanceWarning):
+        re_ranking(*(torch.from_numpy(b) for b in squared), k1=6, k2=3)
+    with pytest.warns(rerank.SquaredDistanceWarning):
+        rerank._re_ranking_torch(*(torch.from_numpy(b) for b in squared), 6, 3, 0.3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_squared_true_takes_squared_distances_as_they_are(dtype, rng):
+    """re_ranking(d ** 2, squared=True) is re_ranking(d): the square the method takes is the
+    caller's (rounded once to float32 either way), so the results are identical."""
+    blocks = float32_distance_blocks(features("clustered", 60, rng), 12)
+    blocks = tuple(b.astype(dtype) for b in blocks)
+    squared = tuple(b * b for b in blocks)
+    expected = re_ranking(*blocks, k1=6, k2=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rerank.SquaredDistanceWarning)
+        got = re_ranking(*squared, k1=6, k2=3, squared=True)
+        np.testing.assert_array_equal(got, expected)
+        torch_path = rerank._re_ranking_torch(*(torch.from_numpy(b) for b in squared), 6, 3, 0.3,
+                                              squared=True)
+    np.testing.assert_allclose(torch_path.numpy(), expected, atol=1e-6, rtol=0)
+    with pytest.warns(rerank.SquaredDistanceWarning):
+        twice = re_ranking(*squared, k1=6, k2=3)                  # squared again: off
+    assert np.abs(twice - expected).max() > 1e-2
+
+
+def test_euclidean_test_reads_a_bounded_sample(rng, monkeypatch):
+    """A few hundred images, whatever the size: the test stays a few milliseconds."""
+    seen = []
+    real = np.linalg.eigvalsh
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda a: seen.append(a.shape) or real(a))
+    x = unit_rows(rng.normal(size=(1500, 16)))
+    rerank.euclidean_test(*float32_distance_blocks(x, 500))
+    assert seen == [(rerank.EUCLIDEAN_TEST_IMAGES, rerank.EUCLIDEAN_TEST_IMAGES)]
+    assert rerank.euclidean_test(*(np.ones((1, 1)),) * 3) == 0.0      # fewer than 3 images

@@ -37,12 +37,19 @@ def test_short_run_writes_log_checkpoints_and_plot(small_dataset, tmp_path, cam)
     records = read_log(logs)
     assert [r["epoch"] for r in records] == [-1, 0, 1]
     assert 0 <= records[0]["mAP"] <= 1 and records[0]["num_valid_queries"] > 0
+    assert records[0]["eval_s"] > 0
+    stages = ("knn_global_s", "knn_parts_s", "encoding_s", "jaccard_s", "dbscan_s",
+              "cross_agreement_s")
     for r in records[1:]:
         assert r["clusters"] >= 1, "eps 0.7 on this data must give clusters"
         assert r["clusters"] + r["outliers"] <= len(small_dataset.train)
         for key in ("loss", "loss_pglr", "loss_part", "loss_triplet", "mAP", "rank1",
-                    "knn_global_s", "dbscan_s", "cross_agreement_s", "extract_s", "train_s"):
+                    *stages, "extract_s", "cluster_s", "train_s", "eval_s", "epoch_s"):
             assert math.isfinite(r[key]), key
+        assert "total_s" not in r, "the clustering stage's total is cluster_s"
+        # every part of the epoch is named: the stage total holds its stages, the epoch its parts
+        assert sum(r[key] for key in stages) <= r["cluster_s"] + 1e-6
+        assert r["extract_s"] + r["cluster_s"] + r["train_s"] + r["eval_s"] <= r["epoch_s"]
         assert ("loss_camera" in r) == cam
     for name in ("best.pth", "last.pth"):
         state = load_checkpoint(logs / name)
@@ -90,6 +97,51 @@ def test_cli_bad_setup_is_a_message_and_writes_nothing(small_dataset, tmp_path):
     with pytest.raises(SystemExit, match="fewer than k1=5000.*lower --k1"):
         train_main(["--k1", "5000", "--pretrained", "none", *common])
     assert not (tmp_path / "run").exists(), "a run that cannot start leaves no folder behind"
+
+
+def test_cli_reports_the_dataset_folder_with_every_other_problem(tmp_path):
+    """A missing dataset folder and a missing --pretrained file (and a bad flag), one error."""
+    with pytest.raises(SystemExit) as err:
+        train_main(["-d", "market1501", "--data-dir", str(tmp_path / "reid"), "--eps", "2",
+                    "--pretrained", str(tmp_path / "r50.pth"), "--logs-dir", str(tmp_path / "x")])
+    message = str(err.value)
+    assert message.startswith("error: ")
+    for expected in ("r50.pth: no such file", "--eps must lie in (0, 1)",
+                     "Market-1501 not found", "bounding_box_train", "Unpack the dataset there"):
+        assert expected in message, expected
+    lines = message.splitlines()
+    assert all(line.startswith("       ") for line in lines[1:]), "problems line up under the first"
+    assert list(tmp_path.iterdir()) == [], "nothing is written"
+
+
+def test_unreadable_images_stop_the_run_before_any_work(small_dataset, tmp_path, monkeypatch,
+                                                        capsys):
+    """Every unreadable image of every split is named when the dataset is scanned, before
+    the network is built or the before-training evaluation runs; nothing is written."""
+    import shutil
+
+    import pplr_fast.train
+    copy = tmp_path / "data" / "Market-1501"
+    shutil.copytree(small_dataset.root, copy)
+    train_image = sorted((copy / "bounding_box_train").glob("*.jpg"))[-1]
+    train_image.write_bytes(train_image.read_bytes()[:500])      # an interrupted copy
+    gallery_image = sorted((copy / "bounding_box_test").glob("0*.jpg"))[0]   # not junk (-1)
+    gallery_image.write_bytes(b"")
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("the trainer was built despite unreadable images")
+
+    monkeypatch.setattr(pplr_fast.train, "PPLRTrainer", no_trainer)
+    logs = tmp_path / "run"
+    with pytest.raises(SystemExit) as err:
+        train_main(["-d", "market1501", "--data-dir", str(tmp_path / "data"), "--logs-dir", str(logs),
+                    "--pretrained", "none", "--no-progress", *TINY_CLI])
+    message = str(err.value)
+    assert "2 of" in message and "images cannot be read (train 1, gallery 1)" in message
+    assert str(train_image) in message and f"{gallery_image}: empty file" in message
+    assert "replace them with intact copies" in message
+    assert "before training" not in capsys.readouterr().out
+    assert not logs.exists()
 
 
 def test_cli_missing_dataset_shows_expected_layout(tmp_path):
@@ -142,7 +194,9 @@ def test_corrupt_image_in_a_loader_worker_is_one_line_and_leaves_no_folder(small
     copy = tmp_path / "data" / "Market-1501"
     shutil.copytree(small_dataset.root, copy)
     victim = sorted((copy / "query").glob("*.jpg"))[0]
-    victim.write_bytes(victim.read_bytes()[:100])          # a truncated JPEG
+    # cut inside its header but ending in the end marker: the scan of the dataset (which
+    # reads the ends of each file) passes it, decoding it in a loader worker fails
+    victim.write_bytes(victim.read_bytes()[:300] + b"\xff\xd9")
     logs = tmp_path / "run"
     with pytest.raises(SystemExit) as err:
         train_main(["-d", "market1501", "--data-dir", str(tmp_path / "data"), "--logs-dir", str(logs),

@@ -1,5 +1,8 @@
 """``python -m pplr_fast.visualize agreement``: grids of a tiny run's extreme agreement scores."""
+import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,8 +54,8 @@ def test_grids_show_the_sorted_extremes(tiny_run, capsys):
         assert path == str(tiny_run.parent / f"best_agreement_part{part}.png")
         width, height = Image.open(path).size
         rows = -(-COUNT // 4)
-        assert width == 4 * (visualize.TILE_W + visualize.PAD) + visualize.PAD
-        assert height == visualize.PAD + 2 * (
+        assert width >= 4 * (visualize.TILE_W + visualize.PAD) + visualize.PAD
+        assert height == visualize.PAD + visualize.TITLE_H + 2 * (
             visualize.TITLE_H + rows * (visualize.TILE_H + visualize.LABEL_H + visualize.PAD))
 
 
@@ -64,7 +67,7 @@ def test_outline_marks_the_parts_stripe(tiny_run, tmp_path):
                                           (visualize.TILE_H // 2, visualize.TILE_H)]):
         pixels = np.asarray(Image.open(tmp_path / f"best_agreement_part{part}.png"))
         column = pixels[:, visualize.PAD + visualize.TILE_W // 2]      # through the first tile
-        y0 = visualize.PAD + visualize.TITLE_H                         # first tile's top
+        y0 = visualize.PAD + 2 * visualize.TITLE_H                     # first tile's top
         outlined = np.flatnonzero((column == visualize.STRIPE_COLOUR).all(axis=1))
         first_tile = outlined[outlined < y0 + visualize.TILE_H]
         assert first_tile.min() == y0 + top and first_tile.max() == y0 + bottom - 1
@@ -104,3 +107,41 @@ def test_errors_name_the_fix(tiny_run, tmp_path):
                                                               num_train_ids=6, num_test_ids=3))
     with pytest.raises(SystemExit, match=r"scores for \d+ training images, .* lists \d+.*--data-dir"):
         visualize.main(["agreement", "--checkpoint", str(tiny_run), "--data-dir", str(small)])
+
+
+def test_titles_name_the_checkpoint_its_epoch_and_the_part_as_files_and_lines_do(tiny_run,
+                                                                                 capsys):
+    """Parts are numbered from 0 everywhere: the PNG's titles, its file name, the printed
+    lines (and metrics.jsonl's agreement_per_part); the header names the checkpoint."""
+    grids = visualize.main(["agreement", "--checkpoint", str(tiny_run), "--count", "2",
+                            "--columns", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    epoch = load_checkpoint(tiny_run)["epoch"]
+    assert out.startswith(f"run/best.pth, epoch {epoch}: agreement of parts 0-1 (top to bottom)\n")
+    for grid in grids:
+        header, lowest, highest = visualize.grid_titles(grid, 2)
+        assert header == f"run/best.pth, epoch {epoch}: part {grid.part} of parts 0-1 (top to bottom)"
+        assert lowest.startswith(f"part {grid.part}: ") and highest.startswith(f"part {grid.part}: ")
+        assert grid.path.name == f"best_agreement_part{grid.part}.png"
+        assert f"part {grid.part}: {grid.path}\n" in out
+        # the PNG's header band is that text, drawn whole (the canvas is wide enough for it)
+        png = Image.open(grid.path).convert("RGB")
+        font = visualize._font()
+        assert png.width >= math.ceil(font.getlength(header)) + 2 * visualize.PAD
+        band = (0, 0, png.width, visualize.PAD + visualize.TITLE_H)
+        expected = Image.new("RGB", png.size, (255, 255, 255))
+        from PIL import ImageDraw
+        ImageDraw.Draw(expected).text((visualize.PAD, visualize.PAD + 2), header, fill=(0, 0, 0),
+                                      font=font)
+        assert np.array_equal(np.asarray(png.crop(band)), np.asarray(expected.crop(band)))
+
+
+def test_console_script_exits_0_and_prints_only_its_lines(tiny_run, tmp_path):
+    """pplr-visualize as pip installs it: ``sys.exit(cli())`` (setup.py's entry point)."""
+    script = "import sys; from pplr_fast.visualize import cli; sys.exit(cli())"
+    done = subprocess.run([sys.executable, "-c", script, "agreement", "--checkpoint", str(tiny_run),
+                           "--count", "2", "--device", "cpu", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "{" not in done.stderr and "PartGrid" not in done.stderr
+    assert printed_grids(done.stdout).keys() == {0, 1}

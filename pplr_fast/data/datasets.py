@@ -17,7 +17,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 Sample = tuple[str, int, int]
 
@@ -207,8 +207,8 @@ def _check_entries(display: str, root: str, entries: tuple[str, ...]) -> None:
                 f"Expected layout: {root}/{{{','.join(entries)}}}")
 
 
-def _locate(display: str, data_dir: str, folder_names: list[str],
-            entries: tuple[str, ...]) -> str:
+def _locate(display: str, folder_names: list[str], entries: tuple[str, ...], *,
+            data_dir: str) -> str:
     """Find the dataset folder under ``data_dir`` and check its entries exist.
 
     ``data_dir`` may also be the dataset folder itself.
@@ -249,6 +249,18 @@ def _read_three_folder_layout(name: str, display: str, root: str, folders: tuple
 
 
 _MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
+_MSMT_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
+
+# Where each folder dataset lives under the data dir: its display name, the folder names
+# it is unpacked as, and the entries that folder must hold.
+_LAYOUTS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
+    "market1501": ("Market-1501", ["Market-1501-v15.09.15", "Market-1501"],
+                   ("bounding_box_train", "bounding_box_test", "query")),
+    "dukemtmcreid": ("DukeMTMC-reID", ["DukeMTMC-reID"],
+                     ("bounding_box_train", "bounding_box_test", "query")),
+    "veri": ("VeRi-776", ["VeRi"], ("image_train", "image_query", "image_test")),
+    "msmt17": ("MSMT17", ["MSMT17_V1"], ("train", "test") + _MSMT_LISTS),
+}
 
 
 def read_market_layout(root: str, name: str = "market1501") -> ReidDataset:
@@ -260,31 +272,28 @@ def read_market_layout(root: str, name: str = "market1501") -> ReidDataset:
 
 def load_market1501(data_dir: str) -> ReidDataset:
     """Market-1501 from ``<data_dir>/Market-1501-v15.09.15`` (or ``Market-1501``)."""
-    root = _locate("Market-1501", data_dir, ["Market-1501-v15.09.15", "Market-1501"],
-                   ("bounding_box_train", "bounding_box_test", "query"))
+    root = _locate(*_LAYOUTS["market1501"], data_dir=data_dir)
     return _read_three_folder_layout("market1501", "Market-1501", root, _MARKET_FOLDERS,
                                      _MARKET_NAMES)
 
 
 def load_dukemtmcreid(data_dir: str) -> ReidDataset:
     """DukeMTMC-reID from ``<data_dir>/DukeMTMC-reID``."""
-    root = _locate("DukeMTMC-reID", data_dir, ["DukeMTMC-reID"],
-                   ("bounding_box_train", "bounding_box_test", "query"))
+    root = _locate(*_LAYOUTS["dukemtmcreid"], data_dir=data_dir)
     return _read_three_folder_layout("dukemtmcreid", "DukeMTMC-reID", root, _MARKET_FOLDERS,
                                      _DUKE_NAMES)
 
 
 def load_veri(data_dir: str) -> ReidDataset:
     """VeRi-776 from ``<data_dir>/VeRi``."""
-    root = _locate("VeRi-776", data_dir, ["VeRi"], ("image_train", "image_query", "image_test"))
+    root = _locate(*_LAYOUTS["veri"], data_dir=data_dir)
     return _read_three_folder_layout("veri", "VeRi-776", root,
                                      ("image_train", "image_query", "image_test"), _VERI_NAMES)
 
 
 def load_msmt17(data_dir: str) -> ReidDataset:
     """MSMT17_V1 from ``<data_dir>/MSMT17_V1``; list_val is merged into train."""
-    lists = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
-    root = _locate("MSMT17", data_dir, ["MSMT17_V1"], ("train", "test") + lists)
+    root = _locate(*_LAYOUTS["msmt17"], data_dir=data_dir)
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
 
     def read(split: str, list_name: str, image_dir: str) -> list[Sample]:
@@ -300,12 +309,38 @@ def load_msmt17(data_dir: str) -> ReidDataset:
     return ReidDataset(name="msmt17", root=root, **splits)
 
 
-def create_dataset(name: str, data_dir: str, *, generate: bool = True) -> ReidDataset:
+def locate_dataset(name: str, data_dir: str) -> str | None:
+    """The folder of dataset ``name`` under ``data_dir``, without reading any of its files.
+
+    Raises DatasetError (naming the expected layout) when the folder or one of its
+    entries is missing; None for ``synthetic``, which training generates. The
+    command line calls this with its other checks, so that every problem is
+    reported at once.
+    """
+    canonical = canonical_dataset_name(name)
+    if canonical == "synthetic":
+        return None
+    return _locate(*_LAYOUTS[canonical], data_dir=data_dir)
+
+
+def create_dataset(name: str, data_dir: str, *, generate: bool = True,
+                   check_images: Sequence[str] = ("train", "query", "gallery")) -> ReidDataset:
     """Load dataset ``name`` (case-insensitive, aliases accepted) from ``data_dir``.
 
     ``synthetic`` is generated into ``data_dir`` on first use and reused after;
     with ``generate=False`` (evaluation) a missing synthetic folder is an error.
+    Every image of the ``check_images`` splits is checked before anything else
+    runs: unreadable files raise UnreadableImagesError (a DatasetError) naming
+    them all (pplr_fast.data.image_dataset.check_images).
     """
+    dataset = _load_dataset(name, data_dir, generate)
+    if check_images:
+        from .image_dataset import check_images as check
+        check(dataset, check_images)
+    return dataset
+
+
+def _load_dataset(name: str, data_dir: str, generate: bool) -> ReidDataset:
     canonical = canonical_dataset_name(name)
     if canonical == "synthetic":
         from .synthetic import FOLDER_NAME, make_synthetic_dataset
