@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if args.device == "cuda" or
                           (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        state = load_checkpoint(args.checkpoint)
+        state = load_checkpoint(args.checkpoint, command="evaluate")
         cfg = state["config"]
         dataset = create_dataset(args.dataset or cfg["dataset"], args.data_dir or cfg["data_dir"],
                                  generate=False, check_images=("query", "gallery"))

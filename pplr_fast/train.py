@@ -29,7 +29,7 @@ from .config import (DATASET_PRESETS, DEMO_RECIPE, METHODS, NO_PRETRAINED, PROBL
 from .data import (DATASET_NAMES, DatasetError, ImageReadError, create_dataset,
                    dataset_name_argument, locate_dataset)
 from .models import RESNETS, PretrainedWeightsError
-from .trainer import PPLRTrainer
+from .trainer import PPLRTrainer, RunCompleteError
 from .utils import distributed
 from .utils.checkpoint import CheckpointError
 from .utils.cli import plain_help
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
                 (logs / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
             summary = trainer.fit()
             started = True
+        except RunCompleteError as err:     # --resume of a run with no epoch left: change nothing
+            err.epochs_given = args.epochs is not None
+            raise SystemExit(f"error: {one_line(err)}") from None
         except (CheckpointError, PretrainedWeightsError, ImageReadError, ConfigError,
                 FloatingPointError) as err:
             raise SystemExit(f"error: {one_line(err)}") from None

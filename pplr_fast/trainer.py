@@ -38,7 +38,8 @@ from .utils.checkpoint import (CheckpointError, load_checkpoint, restore_rng_sta
 from .utils.metrics_log import MetricsLog, plot_metrics
 from .utils.progress import show_progress
 
-__all__ = ["PPLRTrainer", "TrainConfig", "EpochPlan", "plan_epoch", "cluster_means"]
+__all__ = ["PPLRTrainer", "RunCompleteError", "TrainConfig", "EpochPlan", "plan_epoch",
+           "cluster_means"]
 
 
 def cluster_means(x: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
@@ -141,6 +142,35 @@ def plan_epoch(labels: torch.Tensor, cams: torch.Tensor, *, eps: float, cam: boo
                       "no cluster holds images of two cameras: the camera loss has no positive; "
                       "training without it this epoch")
     return plan
+
+
+class RunCompleteError(CheckpointError):
+    """--resume of a checkpoint that has already trained every epoch this run asks for.
+
+    ``epochs_given`` (False when --epochs was left at its default) only words the message.
+    """
+
+    def __init__(self, path: str, last_epoch: int, configured: int | None, requested: int,
+                 epochs_given: bool = True):
+        super().__init__(path)
+        self.path, self.last_epoch, self.configured = path, last_epoch, configured
+        self.requested, self.epochs_given = requested, epochs_given
+
+    def __str__(self) -> str:
+        done = self.last_epoch + 1
+        trained = f"epochs 0-{self.last_epoch}" if done > 1 else "epoch 0"
+        if self.configured is not None and done >= self.configured:
+            status = (f"{self.path} is a finished run: it trained {trained}, all {done} epochs "
+                      "it was configured for")
+        else:
+            configured = ("" if self.configured is None
+                          else f" of the {self.configured} it was configured for")
+            status = f"{self.path} has already trained {done} epochs ({trained}{configured})"
+        asked = (f"--epochs {self.requested} is the total this run asks for" if self.epochs_given
+                 else f"without --epochs the total is the default {self.requested}")
+        return (f"{status}; {asked}, so there is nothing to train. --epochs is the total of the "
+                f"run, not the epochs to add: to train further, resume with --epochs M, M > "
+                f"{done} (e.g. --resume {self.path} --epochs {done + 10})")
 
 
 class PPLRTrainer:
@@ -346,7 +376,9 @@ class PPLRTrainer:
             save_checkpoint(self.state(epoch, result, optimizer), self.logs / name)
 
     def _read_resume(self, path: str) -> dict:
-        state = load_checkpoint(path, map_location="cpu")
+        """The --resume checkpoint, checked against this run's settings before anything is
+        written: same arch/parts/method, optimizer state present, epochs left to train."""
+        state = load_checkpoint(path, map_location="cpu", command="resume")
         saved = state.get("config", {})
         for key in ("arch", "parts", "method"):
             if saved.get(key, "pplr" if key == "method" else None) != getattr(self.cfg, key):
@@ -357,6 +389,9 @@ class PPLRTrainer:
             raise CheckpointError(
                 f"{path} holds no optimizer state (best.pth keeps only the weights); resume "
                 "from the run's last.pth")
+        if state["epoch"] + 1 >= self.cfg.epochs:
+            raise RunCompleteError(path, state["epoch"], state.get("config", {}).get("epochs"),
+                                   self.cfg.epochs)
         return state
 
     def restore(self, path: str) -> None:

@@ -205,7 +205,7 @@ def agreement_grids(checkpoint: str, *, dataset: str | None = None, data_dir: st
     if count < 1 or columns < 1 or duplicate_distance < 0:
         raise VisualizeError("--count and --columns must be >= 1 and --duplicate-distance >= 0")
     try:
-        state = load_checkpoint(checkpoint, map_location="cpu")
+        state = load_checkpoint(checkpoint, map_location="cpu", command="visualize")
     except CheckpointError as error:
         raise VisualizeError(str(error)) from None
     scores = state.get("scores")

@@ -9,6 +9,7 @@ fused loss kernels read without a copy.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Iterator, NamedTuple
 
@@ -122,12 +123,18 @@ class PPLRNet(nn.Module):
         return f_g, f_p
 
     @classmethod
-    def from_checkpoint(cls, state: dict, device: torch.device | str = "cpu") -> "PPLRNet":
-        """The network of a pplr_fast checkpoint (``utils.checkpoint.load_checkpoint``), in eval mode.
+    def from_checkpoint(cls, state: dict | str | os.PathLike,
+                        device: torch.device | str = "cpu") -> "PPLRNet":
+        """The network of a pplr_fast checkpoint, in eval mode.
 
+        ``state`` is a checkpoint file (read with ``utils.checkpoint.load_checkpoint``:
+        weights-only, never running code from the file) or the dict it returned.
         Architecture and part count come from the checkpoint's config; the
         classifiers are sized to the checkpoint's last epoch.
         """
+        if not isinstance(state, dict):
+            from ..utils.checkpoint import load_checkpoint
+            state = load_checkpoint(state, command="evaluate")
         cfg = state["config"]
         model = cls(cfg["arch"], num_parts=cfg["parts"])
         model.resize_classifiers(state["num_classes"])
