@@ -402,11 +402,7 @@ def test_evaluate_cli_prints_metrics_with_and_without_re_ranking(tmp_path, capsy
 # --------------------------------------------------------------------------- squared input
 
 
-def unit_rows(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def test_features(kind, rng):
+def euclidean_test_features(kind, rng):
     """Features the Euclidean test must judge right: high-dimensional ones too, where squared
     distances satisfy the triangle inequality on nearly every triple."""
     if kind == "random-2048":
@@ -438,7 +434,7 @@ def float32_distance_blocks(x, q):
 def test_euclidean_distances_pass_and_squared_ones_warn(kind, rng, monkeypatch):
     # the torch path's test runs before its kernels (slow under the Triton interpreter)
     monkeypatch.setattr(rerank, "_finish_device", lambda *args: torch.zeros(1))
-    blocks = float32_distance_blocks(test_features(kind, rng), 60)
+    blocks = float32_distance_blocks(euclidean_test_features(kind, rng), 60)
     with warnings.catch_warnings():
         warnings.simplefilter("error", rerank.SquaredDistanceWarning)
         for dtype in (np.float32, np.float64, np.float16):
