@@ -199,6 +199,36 @@ def test_optimizer_step_moves_backbone_and_classifiers_at_the_scheduled_lr(datas
             assert float(moved) == pytest.approx(lr, rel=1e-3), f"epoch {epoch}: {name}"
 
 
+def test_each_optimizer_step_applies_its_own_batch_gradient(dataset, tmp_path, monkeypatch):
+    # The gradient Adam reads at step t is d loss_t / d theta of batch t alone: a
+    # deleted (or misplaced) zero_grad would hand it the sum over the epoch's batches.
+    cfg = tiny_config(tmp_path / "run", iters=3)
+    trainer = PPLRTrainer(cfg, dataset, CPU)
+    force_clustering(monkeypatch, forced_result(trainer.train_samples, cfg.parts))
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    own, checked = [], []
+    real_backward, real_step = torch.Tensor.backward, torch.optim.Adam.step
+
+    def backward(loss, *args, **kwargs):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        own.append([None if g is None else g.detach().clone() for g in grads])
+        return real_backward(loss, *args, **kwargs)
+
+    def step(optimizer, *args, **kwargs):
+        for p, g in zip(params, own[-1]):
+            if g is None:
+                assert p.grad is None or not p.grad.any()
+            else:
+                torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+        checked.append(len(own))
+        return real_step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    run_epochs(trainer, [0, 1])
+    assert checked == [1, 2, 3, 4, 5, 6], "one backward of its own loss before each step"
+
+
 def test_classifiers_start_from_normalised_centroids_of_kept_samples(dataset, tmp_path,
                                                                      monkeypatch):
     cfg = tiny_config(tmp_path / "run")
