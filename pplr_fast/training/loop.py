@@ -89,7 +89,7 @@ class TrainingLoop:
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"epoch {epoch}: the loss became {float(loss)} ({ {k: float(v) for k, v in terms.items()} }); "
+                f"epoch {epoch}: the loss became {loss.item()} ({ {k: v.item() for k, v in terms.items()} }); "
                 "lower --lr or check the input images")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
