@@ -4,6 +4,9 @@ step that sums whatever the method returns (docs/method.md §3, §4).
 The trainer's end-to-end behaviour is in test_trainer.py; these tests pin the pieces
 a change of the step (sub-batches, gathered losses, mixed precision) builds on.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -154,3 +157,34 @@ def test_the_step_sums_the_hooks_terms_and_refuses_a_non_finite_one(loop_class):
     assert list(terms) == ["pglr", "part", "triplet"]
     assert loss.item() == pytest.approx(sum(v.item() for v in terms.values()), rel=1e-6)
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+
+TRAINING_MODULES = ["pplr_fast.training", "pplr_fast.training.loop",
+                    "pplr_fast.training.method_losses", "pplr_fast.training.camera_proxies",
+                    "pplr_fast.training.epoch_data", "pplr_fast.training.epoch_plan",
+                    "pplr_fast.training.optim", "pplr_fast.training.summary",
+                    "pplr_fast.utils.checkpoint"]
+# Each module imported first of the package in one interpreter; prints what it pulled in
+# of the trainer's modules, or why it failed.
+FRESH_IMPORTS = """
+import importlib, sys
+found = {}
+for module in sys.argv[1:]:
+    for name in [n for n in sys.modules if n == "pplr_fast" or n.startswith("pplr_fast.")]:
+        del sys.modules[name]
+    try:
+        importlib.import_module(module)
+        found[module] = sorted(n for n in sys.modules if n in ("pplr_fast.trainer", "pplr_fast.train"))
+    except Exception as err:
+        found[module] = f"{type(err).__name__}: {err}"
+print(found)
+"""
+
+
+def test_training_pieces_import_on_their_own_and_never_the_trainer():
+    """The trainer drives the pieces; none of them reaches back into it (no cycle)."""
+    done = subprocess.run([sys.executable, "-c", FRESH_IMPORTS, *TRAINING_MODULES],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == repr({m: [] for m in TRAINING_MODULES})
