@@ -1,9 +1,9 @@
 """The trainer does what the method says (SPEC §1, §3, §4), not only something finite.
 
 Each test forces what it needs (the clustering result, mostly) through the
-module-level names the trainer calls, observes the trainer from outside
-(the model's outputs, the images the training loader reads, the loss calls)
-and recomputes the expected numbers here from the SPEC formulas.
+module-level names the trainer and its pieces (pplr_fast.training) call,
+observes the trainer from outside (the model's outputs, the images the
+training loader reads, the loss calls) and recomputes the expected numbers here from the SPEC formulas.
 """
 import json
 import math
