@@ -3,7 +3,8 @@
 Each test forces what it needs (the clustering result, mostly) through the
 module-level names the trainer and its pieces (pplr_fast.training) call,
 observes the trainer from outside (the model's outputs, the images the
-training loader reads, the loss calls) and recomputes the expected numbers here from the SPEC formulas.
+training loader reads, the loss calls) and recomputes the expected numbers
+here from the SPEC formulas.
 """
 import json
 import math
