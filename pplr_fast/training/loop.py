@@ -88,9 +88,9 @@ class TrainingLoop:
         terms = self.compute_losses(TrainingBatch(out, targets, cams, scores), settings)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"epoch {epoch}: the loss became {loss.item()} ({ {k: v.item() for k, v in terms.items()} }); "
-                "lower --lr or check the input images")
+            values = {k: v.item() for k, v in terms.items()}
+            raise FloatingPointError(f"epoch {epoch}: the loss became {loss.item()} ({values}); "
+                                     "lower --lr or check the input images")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -123,7 +123,8 @@ class TrainingLoop:
             if distributed.any_rank(bool(stop_requested()), self.device):
                 stopped = True
                 break
-        record = {f"loss_{k}" if k != "loss" else k: distributed.all_reduce_mean(v / max(1, steps), self.device)
+        record = {f"loss_{k}" if k != "loss" else k:
+                  distributed.all_reduce_mean(v / max(1, steps), self.device)
                   for k, v in sums.items()}
         record["iters"] = steps          # fewer than --iters when a signal stopped the epoch
         return record, stopped
