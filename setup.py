@@ -60,7 +60,7 @@ setup(
     python_requires=">=3.9",
     packages=["pplr_fast", "pplr_fast.cluster", "pplr_fast.data",
               "pplr_fast.models", "pplr_fast.losses", "pplr_fast.utils",
-              "pplr_fast.kernels", "pplr_fast.csrc_cuda"],
+              "pplr_fast.training", "pplr_fast.kernels", "pplr_fast.csrc_cuda"],
     package_dir={"pplr_fast.kernels": "kernels",
                  "pplr_fast.csrc_cuda": os.path.join("csrc", "cuda")},
     package_data={"pplr_fast.csrc_cuda": ["*.cu", "*.cuh"]},

@@ -1,176 +1,49 @@
 """The PPLR trainer: per epoch extract -> cluster -> re-initialise classifiers -> train.
 
-SPEC §4. Data flows one way: images -> features -> clustering stage ->
-pseudo-labels and agreement scores -> losses -> model.
+docs/method.md §4. Data flows one way: images -> features -> clustering stage ->
+pseudo-labels and agreement scores -> losses -> model. :class:`PPLRTrainer`
+orders the stages and owns the run's state (model, optimizer, best mAP,
+signals); the pieces are in :mod:`pplr_fast.training` (the epoch plan, the
+pseudo-labelled set, camera proxies, each method's losses, the training
+loop, the summary) and :mod:`pplr_fast.utils.checkpoint` (what a checkpoint
+holds, the --resume checks).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import itertools
-import json
 import random
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .cluster.distributed_stage import run_distributed_cluster_stage
 from .cluster.stage import ClusterStageResult, run_cluster_stage
 from .config import NO_PRETRAINED, TrainConfig, check_data_size
-from .data import (ImageDataset, RandomIdentitySampler, ReidDataset, build_train_transform)
+from .data import ReidDataset
 from .evaluation import evaluate_split
 from .features import extract_features
 from .gpu_fallback import drain_fallback_records
-from .losses import (baseline_classification_loss, inter_camera_proxy_loss,
-                     pplr_classification_loss, soft_triplet_loss)
 from .models import PPLRNet, load_pretrained
 from .pseudo_label_quality import pseudo_label_quality
+from .training import (CameraProxies, EpochPlan, TrainingLoop, build_optimizer, cluster_means,
+                       learning_rate, plan_epoch, pseudo_labelled_set, write_summary)
 from .utils import distributed
-from .utils.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state,
-                               save_checkpoint)
-from .utils.metrics_log import MetricsLog, plot_metrics
-from .utils.progress import show_progress
+from .utils.checkpoint import (RunCompleteError, read_resume_checkpoint, restore_rng_state,
+                               save_checkpoint, training_state)
+from .utils.metrics_log import MetricsLog
 
 __all__ = ["PPLRTrainer", "RunCompleteError", "TrainConfig", "EpochPlan", "plan_epoch",
-           "cluster_means"]
-
-
-def cluster_means(x: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
-    """Mean of the rows of ``x`` per label in [0, count): (count, *x.shape[1:])."""
-    sums = torch.zeros((count, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    sums.index_add_(0, labels, x)
-    members = torch.bincount(labels, minlength=count).to(x.dtype)
-    return sums / members.view(-1, *([1] * (x.dim() - 1)))
+           "cluster_means", "run_cluster_stage"]
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class EndlessSampler(torch.utils.data.Sampler):
-    """Successive reshuffled passes of an identity sampler, without end.
-
-    An epoch is a fixed number of iterations (SPEC §4), which may be more or
-    fewer than one pass over the pseudo-labelled images: with few clusters a
-    batch spans passes instead of never filling.
-    """
-
-    def __init__(self, sampler: RandomIdentitySampler, epoch: int):
-        if len(sampler) == 0:
-            raise ValueError("no pseudo-labelled images to sample from")
-        self.sampler, self.epoch = sampler, epoch
-
-    def __iter__(self):
-        for cycle in itertools.count():
-            self.sampler.set_epoch(self.epoch * 10_000 + cycle)
-            yield from self.sampler
-
-
-# Below this fraction of images in clusters, an epoch is reported as "few kept".
-FEW_KEPT_FRACTION = 0.2
-# A cluster count that more than doubles or halves from one epoch to the next is reported.
-CLUSTER_JUMP_FACTOR = 2.0
-
-
-@dataclass
-class EpochPlan:
-    """What an epoch's clustering result lets the trainer do, and why.
-
-    ``events`` are short codes recorded in metrics.jsonl; ``messages`` are the
-    matching log lines, each saying what happened and what the trainer does.
-    """
-
-    train: bool = True
-    camera_loss: bool = True
-    events: list[str] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-
-    def note(self, event: str, message: str) -> None:
-        self.events.append(event)
-        self.messages.append(message)
-
-
-def plan_epoch(labels: torch.Tensor, cams: torch.Tensor, *, eps: float, cam: bool,
-               previous_clusters: int | None) -> EpochPlan:
-    """Decide, from the pseudo-labels alone, what this epoch can train.
-
-    - no cluster: nothing to train; the epoch is skipped (evaluated and saved as usual);
-    - one cluster: every loss needs a second class or a negative; skipped too;
-    - with ``cam``, no cluster seen by two cameras: the camera loss has no
-      positive anywhere, so the epoch trains without it;
-    - few images kept, or a cluster count that jumps: trained as usual, and said.
-    """
-    plan = EpochPlan()
-    n = labels.numel()
-    clusters = int(labels.max()) + 1 if n else 0
-    kept = int((labels >= 0).sum())
-    if clusters == 0:
-        plan.train = False
-        plan.note("no clusters", f"DBSCAN found no cluster (eps={eps}): all {n} images are "
-                  "outliers; skipping training this epoch — if this persists, raise --eps")
-        return plan
-    if clusters == 1:
-        plan.train = False
-        plan.note("one cluster", f"DBSCAN put all {kept} kept images into one cluster (eps={eps}): "
-                  "with a single pseudo identity no loss has a second class or a negative; "
-                  "skipping training this epoch — if this persists, lower --eps (on real data, "
-                  "start from ImageNet weights with --pretrained)")
-        return plan
-    if kept < FEW_KEPT_FRACTION * n:
-        plan.note("few kept", f"only {kept} of {n} images ({kept / n:.0%}) are in clusters, the "
-                  "rest are outliers; training on those — if this persists, raise --eps")
-    if previous_clusters and not (previous_clusters / CLUSTER_JUMP_FACTOR <= clusters
-                                  <= previous_clusters * CLUSTER_JUMP_FACTOR):
-        plan.note("cluster jump", f"the cluster count jumped from {previous_clusters} to "
-                  f"{clusters}; the classifiers are rebuilt from this epoch's centroids as "
-                  "every epoch, training goes on")
-    if cam:
-        member = labels >= 0
-        pairs = torch.unique(torch.stack([labels[member], cams[member].to(labels)], 1), dim=0)
-        if torch.unique(pairs[:, 0]).numel() == pairs.shape[0]:
-            plan.camera_loss = False
-            plan.note("no cross-camera cluster",
-                      "no cluster holds images of two cameras: the camera loss has no positive; "
-                      "training without it this epoch")
-    return plan
-
-
-class RunCompleteError(CheckpointError):
-    """--resume of a checkpoint that has already trained every epoch this run asks for.
-
-    ``epochs_given`` (False when --epochs was left at its default) only words the message.
-    """
-
-    def __init__(self, path: str, last_epoch: int, configured: int | None, requested: int,
-                 epochs_given: bool = True):
-        super().__init__(path)
-        self.path, self.last_epoch, self.configured = path, last_epoch, configured
-        self.requested, self.epochs_given = requested, epochs_given
-
-    def __str__(self) -> str:
-        done = self.last_epoch + 1
-        trained = f"epochs 0-{self.last_epoch}" if done > 1 else "epoch 0"
-        if self.configured is not None and done >= self.configured:
-            status = (f"{self.path} is a finished run: it trained {trained}, all {done} epochs "
-                      "it was configured for")
-        else:
-            configured = ("" if self.configured is None
-                          else f" of the {self.configured} it was configured for")
-            status = f"{self.path} has already trained {done} epochs ({trained}{configured})"
-        asked = (f"--epochs {self.requested} is the total this run asks for" if self.epochs_given
-                 else f"without --epochs the total is the default {self.requested}")
-        return (f"{status}; {asked}, so there is nothing to train. --epochs is the total of the "
-                f"run, not the epochs to add: to train further, resume with --epochs M, M > "
-                f"{done} (e.g. --resume {self.path} --epochs {done + 10})")
 
 
 class PPLRTrainer:
@@ -186,7 +59,8 @@ class PPLRTrainer:
         self.train_ids = [pid for _, pid, _ in self.train_samples]    # for the log only
         check_data_size(config, len(self.train_samples))
         # a --resume file is read (and checked) here, before the caller writes anything
-        self.resume_state = self._read_resume(config.resume) if config.resume else None
+        self.resume_state = (read_resume_checkpoint(config.resume, config) if config.resume
+                             else None)
         seed_everything(config.seed)      # before the model exists: its init draws from it
         self.model = PPLRNet(config.arch, num_parts=config.parts).to(device)
         if config.pretrained and config.pretrained != NO_PRETRAINED and self.resume_state is None:
@@ -196,6 +70,7 @@ class PPLRTrainer:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.net = self._wrap(self.model)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.loop = TrainingLoop(config, device)
         self.start_epoch = 0
         self.best_map = -1.0
         self.best_epoch = -1
@@ -216,18 +91,11 @@ class PPLRTrainer:
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def _lr(self, epoch: int) -> float:
-        return self.cfg.lr * 0.1 ** (epoch // self.cfg.step_size)
+        return learning_rate(self.cfg, epoch)
 
     def _rebuild_optimizer(self, epoch: int) -> None:
         """Adam over the backbone (state kept) and this epoch's new classifiers."""
-        old = self.optimizer.state if self.optimizer is not None else {}
-        backbone = list(self.model.backbone_parameters())
-        groups = [{"params": backbone}, {"params": list(self.model.classifier_parameters())}]
-        self.optimizer = torch.optim.Adam(groups, lr=self._lr(epoch),
-                                          weight_decay=self.cfg.weight_decay)
-        for p in backbone:
-            if p in old:
-                self.optimizer.state[p] = old[p]
+        self.optimizer = build_optimizer(self.model, self.cfg, epoch, self.optimizer)
 
     # ------------------------------------------------------------------ stages
     def extract(self, samples, desc: str):
@@ -260,89 +128,20 @@ class PPLRTrainer:
                       camera_loss: bool = True):
         """Pseudo-labelled training set, classifier re-init from centroids, camera proxies
         (with ``--cam``, unless ``camera_loss`` is False: then None)."""
-        keep = torch.nonzero(result.labels >= 0).flatten()
-        labels = result.labels[keep]
-        samples = [(self.train_samples[i][0], int(lab), self.train_samples[i][2])
-                   for i, lab in zip(keep.tolist(), labels.tolist())]
-        scores = result.scores[keep].to(self.device)
-        c = result.num_clusters
-        targets = labels.to(self.device)
-        x_g_kept = x_g[keep.to(x_g.device)].to(self.device)
-        x_p_kept = x_p[keep.to(x_p.device)].to(self.device)                 # (n, D, N_p)
-        centroids_g = cluster_means(x_g_kept, targets, c)
-        centroids_p = cluster_means(x_p_kept, targets, c)
-        self.model.reset_classifiers(centroids_g, centroids_p)
+        kept = pseudo_labelled_set(self.train_samples, result, x_g, x_p, self.device)
+        self.model.reset_classifiers(*kept.centroids())
         self.net = self._wrap(self.model)
         self._rebuild_optimizer(epoch)
-        proxies = (self._camera_proxies(targets, samples, x_g_kept, x_p_kept)
+        proxies = (CameraProxies.from_clusters(kept.targets, kept.cameras(), kept.x_g, kept.x_p)
                    if self.cfg.cam and camera_loss else None)
-        return samples, scores, proxies
+        return kept.samples, kept.scores, proxies
 
-    def _camera_proxies(self, labels, samples, x_g, x_p):
-        """Normalised mean feature of every (cluster, camera) pair, global and per part."""
-        cams = torch.tensor([s[2] for s in samples], device=self.device)
-        pairs, which = torch.unique(torch.stack([labels, cams], 1), dim=0, return_inverse=True)
-        return {"g": F.normalize(cluster_means(x_g, which, len(pairs)), dim=1),
-                "p": F.normalize(cluster_means(x_p, which, len(pairs)), dim=1),
-                "pids": pairs[:, 0], "cams": pairs[:, 1]}
-
-    def train_epoch(self, epoch: int, samples, scores, proxies) -> dict:
-        cfg = self.cfg
-        sampler = RandomIdentitySampler([s[1] for s in samples], [s[2] for s in samples],
-                                        cfg.num_instances, seed=cfg.seed,
-                                        num_replicas=distributed.world_size(),
-                                        rank=distributed.rank())
-        per_rank_batch = max(cfg.num_instances, cfg.batch_size // distributed.world_size())
-        loader = DataLoader(ImageDataset(samples, build_train_transform(cfg.height, cfg.width)),
-                            batch_size=per_rank_batch, sampler=EndlessSampler(sampler, epoch),
-                            num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
-        stream = iter(loader)
-        self.net.train()
-        use_aals = epoch >= cfg.aals_epoch
-        sums: dict[str, float] = {}
-        bar = tqdm(range(cfg.iters), desc=f"epoch {epoch}: train", leave=False,
-                   disable=not show_progress(cfg.progress) or not distributed.is_main())
-        steps = 0
-        for _ in bar:
-            images, targets, cams, index = next(stream)
-            images = images.to(self.device, non_blocking=True)
-            targets, cams = targets.to(self.device), cams.to(self.device)
-            out = self.net(images)
-            if cfg.method == "baseline":
-                loss_g, loss_p = baseline_classification_loss(out.logits_g, out.logits_p, targets)
-            else:
-                loss_g, loss_p = pplr_classification_loss(
-                    out.logits_g, out.logits_p, targets, scores[index.to(self.device)],
-                    beta=cfg.beta, use_aals=use_aals, epsilon=cfg.label_smoothing,
-                    backend=cfg.backend)
-            loss_tri = soft_triplet_loss(out.f_g, targets)
-            global_term = "global_ce" if cfg.method == "baseline" else "pglr"
-            terms = {global_term: loss_g, "part": loss_p, "triplet": loss_tri}
-            if proxies is not None:
-                cam_g = inter_camera_proxy_loss(out.f_g, targets, cams, proxies["g"], proxies["pids"],
-                                                proxies["cams"])
-                cam_p = torch.stack([inter_camera_proxy_loss(
-                    out.f_p[:, :, n], targets, cams, proxies["p"][:, :, n], proxies["pids"],
-                    proxies["cams"]) for n in range(cfg.parts)]).mean()
-                terms["camera"] = cfg.lam_cam * (cam_g + cam_p)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"epoch {epoch}: the loss became {float(loss)} ({ {k: float(v) for k, v in terms.items()} }); "
-                    "lower --lr or check the input images")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            steps += 1
-            for name, value in (*terms.items(), ("loss", loss)):
-                sums[name] = sums.get(name, 0.0) + value.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if distributed.any_rank(bool(self.stop_requested), self.device):
-                self.stop_requested = self.stop_requested or signal.SIGTERM
-                break
-        record = {f"loss_{k}" if k != "loss" else k: distributed.all_reduce_mean(v / max(1, steps), self.device)
-                  for k, v in sums.items()}
-        record["iters"] = steps          # fewer than --iters when a signal stopped the epoch
+    def train_epoch(self, epoch: int, samples, scores, proxies: CameraProxies | None) -> dict:
+        """The epoch's iterations (:class:`~pplr_fast.training.TrainingLoop`); its loss record."""
+        record, stopped = self.loop.run(self.net, self.optimizer, epoch, samples, scores, proxies,
+                                        stop_requested=lambda: bool(self.stop_requested))
+        if stopped:        # another rank's signal, when this one received none
+            self.stop_requested = self.stop_requested or signal.SIGTERM
         return record
 
     @torch.no_grad()
@@ -356,46 +155,20 @@ class PPLRTrainer:
     def state(self, epoch: int, result: ClusterStageResult | None, optimizer: bool = True) -> dict:
         """What a checkpoint holds; ``optimizer=False`` leaves out the Adam state (best.pth:
         evaluation needs only the weights; last.pth keeps it for --resume)."""
-        return {
-            "model": self.model.state_dict(),
-            "num_classes": self.model.num_classes,
-            "optimizer": self.optimizer.state_dict() if self.optimizer and optimizer else None,
-            "scheduler": {"base_lr": self.cfg.lr, "step_size": self.cfg.step_size, "gamma": 0.1},
-            "epoch": epoch,
-            "best_map": self.best_map,
-            "best_epoch": self.best_epoch,
-            "initial_metrics": self.initial_metrics,
-            "pseudo_labels": None if result is None else result.labels,
-            "scores": None if result is None else result.scores,
-            "rng": rng_state(),
-            "config": dataclasses.asdict(self.cfg),
-        }
+        return training_state(
+            model=self.model, optimizer=self.optimizer if optimizer else None, config=self.cfg,
+            epoch=epoch, best_map=self.best_map, best_epoch=self.best_epoch,
+            initial_metrics=self.initial_metrics,
+            pseudo_labels=None if result is None else result.labels,
+            scores=None if result is None else result.scores)
 
     def save(self, name: str, epoch: int, result, optimizer: bool = True) -> None:
         if distributed.is_main():
             save_checkpoint(self.state(epoch, result, optimizer), self.logs / name)
 
-    def _read_resume(self, path: str) -> dict:
-        """The --resume checkpoint, checked against this run's settings before anything is
-        written: same arch/parts/method, optimizer state present, epochs left to train."""
-        state = load_checkpoint(path, map_location="cpu", command="resume")
-        saved = state.get("config", {})
-        for key in ("arch", "parts", "method"):
-            if saved.get(key, "pplr" if key == "method" else None) != getattr(self.cfg, key):
-                raise CheckpointError(
-                    f"{path} was trained with --{key} {saved.get(key)}, this run asks for "
-                    f"--{key} {getattr(self.cfg, key)}; resume with the same settings")
-        if state.get("optimizer") is None:
-            raise CheckpointError(
-                f"{path} holds no optimizer state (best.pth keeps only the weights); resume "
-                "from the run's last.pth")
-        if state["epoch"] + 1 >= self.cfg.epochs:
-            raise RunCompleteError(path, state["epoch"], state.get("config", {}).get("epochs"),
-                                   self.cfg.epochs)
-        return state
-
     def restore(self, path: str) -> None:
-        state = self.resume_state if self.resume_state is not None else self._read_resume(path)
+        state = (self.resume_state if self.resume_state is not None
+                 else read_resume_checkpoint(path, self.cfg))
         self.resume_state = None
         self.model.resize_classifiers(state["num_classes"])
         self.model.load_state_dict(state["model"])
@@ -509,22 +282,7 @@ class PPLRTrainer:
         return record
 
     def _finish(self) -> dict:
-        summary = {"initial": self.initial_metrics, "best_epoch": self.best_epoch}
-        if distributed.is_main():
-            best = self.logs / "best.pth"
-            final = None
-            if best.exists():
-                state = load_checkpoint(best, map_location=self.device)
-                final = next((r for r in self.metrics.read() if r.get("epoch") == state["epoch"]
-                              and "mAP" in r), None)
-            summary["final"] = final
-            plot_metrics(self.metrics.read(), self.logs / "metrics.png")
-            (self.logs / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-            if self.initial_metrics and final:
-                self.say(f"mAP before training {self.initial_metrics['mAP']:.1%} -> after training "
-                         f"{final['mAP']:.1%} (best epoch {self.best_epoch}; rank-1 "
-                         f"{final['rank1']:.1%}, rank-5 {final['rank5']:.1%}, "
-                         f"rank-10 {final['rank10']:.1%}, mINP {final['mINP']:.1%})")
-            self.say(f"logs, checkpoints and metrics.png in {self.logs}")
-        return summary
-
+        if not distributed.is_main():
+            return {"initial": self.initial_metrics, "best_epoch": self.best_epoch}
+        return write_summary(self.logs, self.metrics, self.initial_metrics, self.best_epoch,
+                             self.device, self.say)

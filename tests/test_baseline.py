@@ -81,9 +81,9 @@ def small_dataset(tmp_path_factory):
 
 
 def test_trainer_baseline_uses_hard_labels_only(small_dataset, tmp_path, monkeypatch):
-    import pplr_fast.trainer as trainer_module
+    import pplr_fast.training.method_losses as losses_module
     calls = {"baseline": 0}
-    real = trainer_module.baseline_classification_loss
+    real = losses_module.baseline_classification_loss
 
     def spy(*args):
         calls["baseline"] += 1
@@ -92,8 +92,8 @@ def test_trainer_baseline_uses_hard_labels_only(small_dataset, tmp_path, monkeyp
     def refinement_must_not_run(*args, **kwargs):
         raise AssertionError("the Baseline called the PPLR loss")
 
-    monkeypatch.setattr(trainer_module, "baseline_classification_loss", spy)
-    monkeypatch.setattr(trainer_module, "pplr_classification_loss", refinement_must_not_run)
+    monkeypatch.setattr(losses_module, "baseline_classification_loss", spy)
+    monkeypatch.setattr(losses_module, "pplr_classification_loss", refinement_must_not_run)
     cfg = TrainConfig(arch="resnet18", height=64, width=32, batch_size=16, num_instances=4,
                       workers=0, epochs=2, iters=2, eval_step=2, k1=10, k2=3, k=5, eps=0.7,
                       aals_epoch=1, logs_dir=str(tmp_path / "run"), progress=False,

@@ -1,9 +1,10 @@
 """The trainer does what the method says (SPEC §1, §3, §4), not only something finite.
 
 Each test forces what it needs (the clustering result, mostly) through the
-module-level names the trainer calls, observes the trainer from outside
-(the model's outputs, the images the training loader reads, the loss calls)
-and recomputes the expected numbers here from the SPEC formulas.
+module-level names the trainer and its pieces (pplr_fast.training) call,
+observes the trainer from outside (the model's outputs, the images the
+training loader reads, the loss calls) and recomputes the expected numbers
+here from the SPEC formulas.
 """
 import json
 import math
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import pplr_fast.trainer as trainer_module
+import pplr_fast.training.loop as loop_module
+import pplr_fast.training.method_losses as losses_module
 from pplr_fast.cluster.stage import ClusterStageResult
 from pplr_fast.data import ImageDataset, make_synthetic_dataset, read_market_layout
 from pplr_fast.trainer import PPLRTrainer, TrainConfig
@@ -70,7 +73,7 @@ def record_training_reads(monkeypatch) -> list:
             reads.append(self.samples[index][0])
             return super().__getitem__(index)
 
-    monkeypatch.setattr(trainer_module, "ImageDataset", RecordingImageDataset)
+    monkeypatch.setattr(loop_module, "ImageDataset", RecordingImageDataset)
     return reads
 
 
@@ -87,9 +90,9 @@ def record_model_outputs(trainer: PPLRTrainer) -> list:
 
 
 def record_loss_calls(monkeypatch, name: str) -> list:
-    """Wrap the loss the trainer calls as ``name``; records (args, kwargs, result)."""
+    """Wrap the loss the methods' losses call as ``name``; records (args, kwargs, result)."""
     calls = []
-    real = getattr(trainer_module, name)
+    real = getattr(losses_module, name)
 
     def recording(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -98,7 +101,7 @@ def record_loss_calls(monkeypatch, name: str) -> list:
                       tuple(detach(r) for r in result) if isinstance(result, tuple) else detach(result)))
         return result
 
-    monkeypatch.setattr(trainer_module, name, recording)
+    monkeypatch.setattr(losses_module, name, recording)
     return calls
 
 

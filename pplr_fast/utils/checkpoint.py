@@ -10,9 +10,14 @@ and numbers and refuses every other object. Format 2 holds nothing else (the
 random generator states included); format 1, written before, holds the numpy
 generator's state as a numpy array, and is read with exactly the numpy
 globals that array needs allow-listed.
+
+What a training checkpoint holds is :func:`training_state`; the checks a
+--resume file passes before a run writes anything are
+:func:`read_resume_checkpoint`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import random
@@ -55,6 +60,35 @@ _LEGACY_NUMPY_NAMES = {name for _, name in _LEGACY_NUMPY_GLOBALS[:-1]}
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the fix."""
+
+
+class RunCompleteError(CheckpointError):
+    """--resume of a checkpoint that has already trained every epoch this run asks for.
+
+    ``epochs_given`` (False when --epochs was left at its default) only words the message.
+    """
+
+    def __init__(self, path: str, last_epoch: int, configured: int | None, requested: int,
+                 epochs_given: bool = True):
+        super().__init__(path)
+        self.path, self.last_epoch, self.configured = path, last_epoch, configured
+        self.requested, self.epochs_given = requested, epochs_given
+
+    def __str__(self) -> str:
+        done = self.last_epoch + 1
+        trained = f"epochs 0-{self.last_epoch}" if done > 1 else "epoch 0"
+        if self.configured is not None and done >= self.configured:
+            status = (f"{self.path} is a finished run: it trained {trained}, all {done} epochs "
+                      "it was configured for")
+        else:
+            configured = ("" if self.configured is None
+                          else f" of the {self.configured} it was configured for")
+            status = f"{self.path} has already trained {done} epochs ({trained}{configured})"
+        asked = (f"--epochs {self.requested} is the total this run asks for" if self.epochs_given
+                 else f"without --epochs the total is the default {self.requested}")
+        return (f"{status}; {asked}, so there is nothing to train. --epochs is the total of the "
+                f"run, not the epochs to add: to train further, resume with --epochs M, M > "
+                f"{done} (e.g. --resume {self.path} --epochs {done + 10})")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -254,3 +288,49 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                   config: Any, epoch: int, best_map: float, best_epoch: int,
+                   initial_metrics: dict | None, pseudo_labels: torch.Tensor | None,
+                   scores: torch.Tensor | None) -> dict[str, Any]:
+    """What a training checkpoint holds after ``epoch``: the weights (and classifier size),
+    the Adam state (None: best.pth, which evaluation reads, leaves it out), the step
+    schedule, the best mAP so far, the epoch's pseudo-labels and agreement scores (None in
+    interrupted.pth), every generator's state and the run's settings (``config``, a
+    dataclass)."""
+    return {
+        "model": model.state_dict(),
+        "num_classes": model.num_classes,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": {"base_lr": config.lr, "step_size": config.step_size, "gamma": 0.1},
+        "epoch": epoch,
+        "best_map": best_map,
+        "best_epoch": best_epoch,
+        "initial_metrics": initial_metrics,
+        "pseudo_labels": pseudo_labels,
+        "scores": scores,
+        "rng": rng_state(),
+        "config": dataclasses.asdict(config),
+    }
+
+
+def read_resume_checkpoint(path: str | os.PathLike, config: Any) -> dict[str, Any]:
+    """The --resume checkpoint, checked against this run's settings (``config``) before
+    anything is written: same arch/parts/method, optimizer state present, epochs left to
+    train (else :class:`RunCompleteError`)."""
+    state = load_checkpoint(path, map_location="cpu", command="resume")
+    saved = state.get("config", {})
+    for key in ("arch", "parts", "method"):
+        if saved.get(key, "pplr" if key == "method" else None) != getattr(config, key):
+            raise CheckpointError(
+                f"{path} was trained with --{key} {saved.get(key)}, this run asks for "
+                f"--{key} {getattr(config, key)}; resume with the same settings")
+    if state.get("optimizer") is None:
+        raise CheckpointError(
+            f"{path} holds no optimizer state (best.pth keeps only the weights); resume "
+            "from the run's last.pth")
+    if state["epoch"] + 1 >= config.epochs:
+        raise RunCompleteError(path, state["epoch"], state.get("config", {}).get("epochs"),
+                               config.epochs)
+    return state
