@@ -35,6 +35,7 @@ it). On a machine without a GPU it says so and exits 0, writing nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -49,8 +50,12 @@ import warnings
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCHMARKS)
+# This checkout's pplr_fast, the one the check is about: its pure-Python helpers import
+# even before the offline install below has built the package.
+sys.path.insert(0, REPO)
+from pplr_fast.utils.errors import one_line as _one_line  # noqa: E402
+
 RESULT_MARK = "GPU_CHECK_RESULT "
-STAGES = ("knn_global", "knn_parts", "encoding", "jaccard", "dbscan", "cross_agreement")
 STAGE_ARGS = dict(eps=0.6, k1=30, k2=6, min_samples=4, k=20)     # the benchmarks' defaults
 TARGET_SMALL_S = 0.2          # N = 12,936, D = 2048, whole stage
 TARGET_1M_S = 30.0            # N = 1,000,000, D = 256, global + 3 parts, whole stage
@@ -62,10 +67,14 @@ MIN_STEP_S = 12               # a later step is always left at least this much
 
 
 # --------------------------------------------------------------------- small helpers
-def one_line(err: BaseException | str, limit: int = 300) -> str:
-    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
+# An error or an output tail on one line of the report: led by the error's type, cut at 300.
+one_line = functools.partial(_one_line, limit=300, with_type=True)
+
+
+def stage_names() -> tuple[str, ...]:
+    """The clustering stage's timed stages, as ``run_cluster_stage`` names them."""
+    from pplr_fast.cluster.stage import STAGES
+    return STAGES
 
 
 class Budget:
@@ -165,7 +174,7 @@ def extrapolate(small: dict | None, large: dict, n_small: int | None, n_large: i
     """
     ratio = n_target / n_large
     stages, exponents = {}, {}
-    for stage in STAGES:
+    for stage in stage_names():
         if stage not in large["timings"]:
             continue
         if small is not None and stage in small["timings"]:
@@ -258,13 +267,34 @@ def versions(device) -> dict:
     return info
 
 
-def caught_fallbacks(caught) -> list[str]:
-    return [one_line(str(w.message)) for w in caught
-            if "fall" in str(w.message).lower() or "slow path" in str(w.message).lower()]
+def fallback_status(records: list[dict], caught) -> tuple[str, str] | None:
+    """``(status, why)`` of a piece that did not run its own fast code, from what it left.
+
+    ``records``: the ``pplr_fast.gpu_fallback`` records of the piece's calls
+    (``drain_fallback_records``); their ``ran`` field says what ran instead: the reference
+    ("fallback") or another fast piece ("substitute", e.g. DBSCAN by torch label
+    propagation when CuPy cannot run). ``caught``: the warnings of the calls; a CPU op whose
+    compiled kernels are missing leaves no record, only its RuntimeWarning from
+    ``pplr_fast.backend`` ("falling back to the reference path"). None: the piece ran natively.
+    """
+    records = [r for r in records if r.get("event") == "gpu_fallback"]
+    for record in sorted(records, key=lambda r: r.get("ran") != "reference"):
+        status = "fallback" if record.get("ran") == "reference" else "substitute"
+        ran = "" if status == "fallback" else f"; {record['ran']} ran instead"
+        return status, one_line(f"{record['op']} on {record['device']}: {record['reason']}{ran}")
+    from pplr_fast.gpu_fallback import GPUFallbackWarning
+    for w in caught:
+        message = str(w.message)
+        if (not issubclass(w.category, GPUFallbackWarning) and message.startswith("pplr_fast:")
+                and "falling back to the reference path" in message):
+            return "fallback", one_line(message)
+    return None
 
 
 def probe(name: str, run) -> dict:
-    """Run one piece on a small input; native / fallback (with the warning) / wrong / failed."""
+    """Run one piece on a small input; native / fallback / substitute / wrong / failed."""
+    from pplr_fast.gpu_fallback import drain_fallback_records
+    drain_fallback_records()                # the records of earlier pieces are theirs
     start = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -273,11 +303,11 @@ def probe(name: str, run) -> dict:
         except Exception as err:     # noqa: BLE001 - report every failure, keep going
             return {"piece": name, "status": "failed", "why": one_line(err),
                     "seconds": time.time() - start}
-    fallbacks = caught_fallbacks(caught)
+    fallback = fallback_status(drain_fallback_records(), caught)
     if not ok:
         status, why = "wrong", detail
-    elif fallbacks:
-        status, why = "fallback", fallbacks[0]
+    elif fallback:
+        status, why = fallback
     else:
         status, why = "native", detail
     return {"piece": name, "status": status, "why": why, "seconds": time.time() - start}
@@ -367,7 +397,7 @@ def piece_probes(device) -> list[dict]:
         logits_p = torch.randn(16, 300, 3, generator=generator) * 3
         targets = torch.randint(0, 300, (16,), generator=generator)
         scores = torch.rand(16, 3, generator=generator)
-        from pplr_fast.kernels.pplr_classification_loss import pplr_classification_loss_fused
+        from pplr_fast.losses import pplr_classification_loss_fused
         got = pplr_classification_loss_fused(logits_g.to(device), logits_p.to(device),
                                              targets.to(device), scores.to(device), use_aals=True)
         want = pplr_classification_loss(logits_g, logits_p, targets, scores, use_aals=True,
@@ -410,18 +440,6 @@ def make_features(n: int, dim: int, parts: int = 3, seed: int = 0):
     return x_g, x_p
 
 
-def synchronize(device) -> None:
-    import torch
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def adjusted_rand_index(a, b) -> float:
-    sys.path.insert(0, BENCHMARKS)
-    from cluster_stage import adjusted_rand_index as ari
-    return ari(a, b)
-
-
 def jaccard_snapshot(x_g, device):
     """(crow, col, val) of the fast Jaccard of x_g, for a bit-for-bit comparison."""
     from pplr_fast.cluster import jaccard_distance
@@ -432,6 +450,9 @@ def jaccard_snapshot(x_g, device):
 
 def stage_benchmark(device, n: int, dim: int, repeat: int, cpu_compare: bool) -> dict:
     import torch
+
+    from pplr_fast.pseudo_label_quality import adjusted_rand_index
+    from pplr_fast.utils.timing import synchronize
     run_cluster_stage = stage_function()
     start = time.time()
     x_g, x_p = make_features(n, dim)
@@ -453,7 +474,7 @@ def stage_benchmark(device, n: int, dim: int, repeat: int, cpu_compare: bool) ->
     if device.type == "cuda":
         result["peak_gpu_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
     result["timings"] = {stage: statistics.median(r.timings.get(stage, 0.0) for r in runs)
-                         for stage in (*STAGES, "total")}
+                         for stage in (*stage_names(), "total")}
     result["total_runs_s"] = [r.timings["total"] for r in runs]
     result["clusters"], result["outliers"] = runs[0].num_clusters, runs[0].num_outliers
     labels, scores = runs[0].labels.cpu(), runs[0].scores.cpu()
@@ -479,6 +500,8 @@ def stage_benchmark(device, n: int, dim: int, repeat: int, cpu_compare: bool) ->
 def worker(kind: str, args) -> None:
     """A step that runs in its own process: under compute-sanitizer, or with a timeout."""
     import torch
+
+    from pplr_fast.utils.timing import synchronize
     device = torch.device(args.device)
     if kind == "pieces":
         print(RESULT_MARK + json.dumps(piece_probes(device)))
@@ -491,7 +514,7 @@ def worker(kind: str, args) -> None:
         synchronize(device)
         print(RESULT_MARK + json.dumps({"clusters": out.num_clusters, "backend": out.backend}))
     elif kind == "sanitize-loss":
-        from pplr_fast.kernels.pplr_classification_loss import pplr_classification_loss_fused
+        from pplr_fast.losses import pplr_classification_loss_fused
         generator = torch.Generator().manual_seed(0)
         logits_g = (torch.randn(16, 500, generator=generator) * 3).to(device).requires_grad_()
         logits_p = (torch.randn(16, 500, 3, generator=generator) * 3).to(device).requires_grad_()
@@ -583,7 +606,8 @@ def plot(path: str, stage: dict | None, scaling: dict | None) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     if stage and "timings" in stage:
-        axes[0].barh(list(STAGES), [stage["timings"][s] for s in STAGES], color="tab:blue")
+        axes[0].barh(list(stage_names()), [stage["timings"][s] for s in stage_names()],
+                     color="tab:blue")
         axes[0].set_xlabel("seconds (median of the timed runs)")
         axes[0].set_title(f"stage times, N={stage['n']:,}, D={stage['dim']}")
     if scaling and scaling.get("points"):
@@ -682,14 +706,14 @@ def main(argv=None) -> int:
         if pieces is None:
             why = f"stopped at its budget ({seconds:.0f} s)" if code is None else f"exit {code}"
             raise RuntimeError(f"the piece probes gave no result ({why}): "
-                               f"{one_line(out.strip()[-1200:], 1200)}")
+                               f"{one_line(out.strip()[-1200:], limit=1200)}")
         data["pieces"] = pieces
         width = max(len(p["piece"]) for p in pieces)
         for piece in pieces:
             report.line(step, f"{piece['piece']:<{width}}  {piece['status']:<8}  {piece['why']}")
     except Exception as err:     # noqa: BLE001
         step["status"] = "failed"
-        report.line(step, f"failed: {one_line(err, 1500)}")
+        report.line(step, f"failed: {one_line(err, limit=1500)}")
         data.setdefault("pieces", [])
     report.end(step)
 
@@ -716,7 +740,7 @@ def main(argv=None) -> int:
         for failure in summary["failures"][:25]:
             report.line(step, failure[:300])
         if code not in (0, None) and not summary["counts"]:
-            report.line(step, one_line(out.strip()[-1500:], 1500))
+            report.line(step, one_line(out.strip()[-1500:], limit=1500))
     report.end(step)
 
     # 3. compute-sanitizer
@@ -747,7 +771,7 @@ def main(argv=None) -> int:
                 report.line(step, f"{what}: stopped at its budget ({seconds:.0f} s)")
             elif errors is None or not ran:
                 report.line(step, f"{what}: the tool or the program failed (exit {code}): "
-                                  f"{one_line(out.strip()[-800:], 800)}")
+                                  f"{one_line(out.strip()[-800:], limit=800)}")
             else:
                 report.line(step, f"{what}: {errors} errors ({seconds:.0f} s)")
                 if errors:
@@ -767,12 +791,12 @@ def main(argv=None) -> int:
         if stage is None:
             step["status"] = "failed"
             why = f"stopped at its budget ({seconds:.0f} s)" if code is None else f"exit {code}"
-            report.line(step, f"no result: {why}: {one_line(out.strip()[-1200:], 1200)}")
+            report.line(step, f"no result: {why}: {one_line(out.strip()[-1200:], limit=1200)}")
         else:
             data["stage"] = stage
             report.line(step, f"backend {stage['backend']}; features {stage['features_s']:.1f} s; "
                               f"warm-up (compiles) {stage['warmup_s']:.2f} s")
-            for name in (*STAGES, "total"):
+            for name in (*stage_names(), "total"):
                 report.line(step, f"{name:<16} {fmt_s(stage['timings'][name]):>8} s")
             report.line(step, "timed runs (total): " + ", ".join(fmt_s(t) for t in
                                                                  stage["total_runs_s"]))
@@ -810,7 +834,7 @@ def main(argv=None) -> int:
         else:
             step["status"] = "failed"
             report.line(step, f"{'stopped at its budget' if code is None else f'exit {code}'} "
-                              f"({seconds:.0f} s): {one_line(out.strip()[-800:], 800)}")
+                              f"({seconds:.0f} s): {one_line(out.strip()[-800:], limit=800)}")
     report.end(step)
 
     # 6. scaling probe
@@ -834,7 +858,7 @@ def main(argv=None) -> int:
             if point is None:
                 why = "stopped at its budget" if code is None else f"exit {code}"
                 report.line(step, f"N={n:,}: no result ({why}, {seconds:.0f} s; the stage takes "
-                                  f"longer than that): {one_line(out.strip()[-400:], 400)}")
+                                  f"longer than that): {one_line(out.strip()[-400:], limit=400)}")
                 scaling.setdefault("failed", []).append({"n": n, "seconds": seconds,
                                                          "timeout": code is None})
                 continue
@@ -842,7 +866,7 @@ def main(argv=None) -> int:
             peak = f", peak GPU {point['peak_bytes'] / 2 ** 30:.2f} GiB" if point["peak_bytes"] \
                 else ""
             report.line(step, f"N={n:,}: whole stage {fmt_s(point['timings']['total'])} s ("
-                        + ", ".join(f"{s} {fmt_s(point['timings'].get(s))}" for s in STAGES)
+                        + ", ".join(f"{s} {fmt_s(point['timings'].get(s))}" for s in stage_names())
                         + f"){peak}")
         points = scaling["points"]
         if points and points[-1]["n"] == args.scaling[-1]:

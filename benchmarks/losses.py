@@ -40,9 +40,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import (busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
-                     proc_status_kib)
+                     peak_rss_growth_kib, reset_peak_rss)
 
 from pplr_fast.losses.classification import classification_loss_twin  # noqa: E402
+from pplr_fast.utils.timing import synchronize  # noqa: E402
 
 VARIANTS = ("eager", "compile", "fused")
 _M_MMAP_THRESHOLD = -3                    # glibc mallopt parameter
@@ -82,11 +83,6 @@ def train_step(fn: Callable, inputs: Tuple[torch.Tensor, ...]) -> None:
     (loss_global + loss_parts).backward()
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_steps(fn: Callable, inputs, repeat: int, device: str) -> Tuple[float, float, float]:
     """(first call in s, median and minimum of ``repeat`` later steps in ms)."""
     start = time.perf_counter()
@@ -120,11 +116,11 @@ def peak_memory_mib(fn: Callable, inputs, device: str) -> float:
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
     libc.malloc_trim(0)
-    before = proc_status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")                      # reset VmHWM to the current RSS
+    before = reset_peak_rss()
+    if before is None:
+        raise OSError("no resettable peak-RSS mark (/proc/self/clear_refs) on this machine")
     train_step(fn, inputs)
-    return (proc_status_kib("VmHWM") - before) / 1024
+    return peak_rss_growth_kib(before) / 1024
 
 
 def measure(variant: str, args: argparse.Namespace) -> List[Dict[str, object]]:

@@ -104,3 +104,101 @@ def test_dry_run_on_cpu_writes_a_complete_report(tmp_path):
     assert verdicts["same pseudo-labels as the CPU fast path"] == "met"
     assert verdicts["GPU tests pass"] == "not measured"
     assert (tmp_path / "gpu_check_cpu-simulated.md").read_text().count("## ") == 7
+
+
+def _defined_names(module_name):
+    """The names module ``module_name`` defines (imported; or read, where it needs a GPU library)."""
+    import importlib
+    try:
+        return set(dir(importlib.import_module(module_name)))
+    except ImportError as err:
+        if (err.name or "").startswith("pplr_fast"):
+            raise
+        return _top_level_names(importlib.util.find_spec(module_name).origin)
+
+
+def _top_level_names(path):
+    """The names a Python file binds at its top level, read without running it."""
+    import ast
+    names = set()
+    for node in ast.parse(open(path).read()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def test_every_name_any_branch_of_gpu_check_imports_exists():
+    """A dry run of every import of every branch, the CUDA-only ones included.
+
+    The CPU dry run never enters the CUDA branches (the fused-loss probe, the loss
+    memcheck), so a name they import that does not exist would first fail on a GPU.
+    """
+    import ast
+    tree = ast.parse(open(SCRIPT).read())
+    checked = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pplr_fast"):
+            defined = _defined_names(node.module)
+            for alias in node.names:
+                assert alias.name in defined, \
+                    f"gpu_check line {node.lineno}: {node.module} has no {alias.name}"
+                checked.append(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.ImportFrom) and node.module in ("features", "cluster_stage"):
+            # benchmark scripts it may import through sys.path: only the feature generator
+            assert node.module == "features", f"gpu_check line {node.lineno} imports a benchmark"
+            assert {a.name for a in node.names} <= _top_level_names(
+                os.path.join(BENCHMARKS, "features.py"))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pplr_fast"):
+                    _defined_names(alias.name)
+                    checked.append(alias.name)
+    assert "pplr_fast.losses.pplr_classification_loss_fused" in checked
+    assert len(checked) >= 15
+
+
+SUBSTITUTE = "torch label propagation (dbscan_propagation.py)"
+
+
+def test_a_substitute_record_is_reported_as_substitute_and_a_reference_one_as_fallback():
+    from pplr_fast.gpu_fallback import gpu_fallback_notice
+    check = load_gpu_check()
+    text, record = gpu_fallback_notice("dbscan", "cuda:0", "CuPy fails to import", "pip install cupy",
+                                       substitute=SUBSTITUTE)
+    # the banner has none of the words a text match looked for: only its fields tell
+    assert "fall" not in text.lower() and "slow path" not in text.lower()
+    status, why = check.fallback_status([record], [])
+    assert status == "substitute"
+    assert "CuPy fails to import" in why and SUBSTITUTE in why
+    _, slow = gpu_fallback_notice("jaccard", "cuda:0", "triton is not installed", "pip install triton")
+    assert check.fallback_status([record, slow], [])[0] == "fallback"    # the worse one wins
+    assert check.fallback_status([], []) is None
+
+
+def test_a_piece_that_ran_a_substitute_is_probed_as_substitute(monkeypatch):
+    import warnings
+
+    from pplr_fast import gpu_fallback
+    check = load_gpu_check()
+    monkeypatch.delenv(gpu_fallback.STRICT_ENV, raising=False)
+
+    def dbscan_by_propagation():
+        gpu_fallback.report_gpu_fallback("dbscan", "cuda:0", "CuPy fails to import",
+                                         "pip install cupy", substitute=SUBSTITUTE)
+        return True, "same labels as the reference"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = check.probe("DBSCAN (fast)", dbscan_by_propagation)
+        after = check.probe("cross-agreement (fast)", lambda: (True, "bit-identical scores"))
+    assert result["status"] == "substitute" and SUBSTITUTE in result["why"]
+    assert after["status"] == "native"            # the earlier piece's record is not its
+    missing = check.fallback_status([], [warnings.WarningMessage(
+        "pplr_fast: the fast knn kernels are unavailable on cpu: x; falling back to the "
+        "reference path (rebuild).", RuntimeWarning, "f.py", 1)])
+    assert missing[0] == "fallback"
