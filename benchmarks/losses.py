@@ -208,6 +208,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--part-loss", choices=("aals", "ce"), default="aals")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                         help="folder for losses_<device>.md and .json")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="the variants to measure, in this order (default: all)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeat is None:
@@ -225,15 +227,19 @@ def main() -> None:
         return
     load_before = load_average()
     rows = []
-    for variant in VARIANTS:
+    for variant in args.variants:
         if args.device == "cpu" and variant == "fused":
-            rows += [{"variant": variant, "C": c, "B": args.b, "N_p": args.parts,
-                      "status": "needs a GPU (the Triton interpreter is not a speed path)"}
-                     for c in args.c]
+            measured = [{"variant": variant, "C": c, "B": args.b, "N_p": args.parts,
+                         "status": "needs a GPU (the Triton interpreter is not a speed path)"}
+                        for c in args.c]
         elif args.device == "cpu":
-            rows += measure_in_subprocess(variant, args)
+            measured = measure_in_subprocess(variant, args)
         else:
-            rows += measure(variant, args)
+            measured = measure(variant, args)
+        for row in measured:          # each result as it comes (the table follows at the end)
+            done = f"{row['median_ms']:.3f} ms median" if "median_ms" in row else row["status"]
+            print(f"  {variant} C={row['C']}: {done}", flush=True)
+        rows += measured
     machine = describe_machine(args.device)
     machine["load_before"], machine["load_after"] = load_before, load_average()
     table = markdown_table(rows, machine, args)

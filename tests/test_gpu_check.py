@@ -32,11 +32,14 @@ def run_script(*arguments, env=None, timeout=300):
                           text=True, timeout=timeout, env=environment)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
-    done = run_script("--out", tmp_path / "out", env={"CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+@pytest.mark.parametrize("part", [None, 1, 2])
+def test_without_a_gpu_each_part_says_so_and_exits_0(tmp_path, part):
+    arguments = ("--out", tmp_path / "out") + (("--part", part) if part else ())
+    done = run_script(*arguments, env={"CUDA_VISIBLE_DEVICES": ""}, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no GPU" in done.stdout and "torch" in done.stdout
+    if part:
+        assert f"part {part}" in done.stdout
     assert not (tmp_path / "out").exists()               # nothing written, nothing installed
 
 
@@ -69,6 +72,15 @@ def test_output_parsers_and_test_selection():
     assert check.sanitizer_summary("========= ERROR SUMMARY: 0 errors") == 0
     assert check.sanitizer_summary("Device not supported") is None
     assert check.worker_result("noise\n" + check.RESULT_MARK + '{"a": 1}\n') == {"a": 1}
+    two = check.RESULT_MARK + '{"a": 1}\nnoise\n' + check.RESULT_MARK + '{"a": 2}\n'
+    assert check.worker_results(two) == [{"a": 1}, {"a": 2}]
+    # a run stopped before its summary line: counted from its -v lines so far
+    stopped = ("tests/test_x.py::test_a PASSED  [ 10%]\n"
+               "[gw1] [ 20%] FAILED tests/test_x.py::test_b\n"
+               "[gw0] [ 30%] PASSED tests/test_x.py::test_c[cuda]\n"
+               "tests/test_x.py::test_d SKIPPED (no cupy)  [ 40%]\n")
+    assert check.pytest_summary(stopped)["counts"] == {"passed": 2, "failed": 1, "skipped": 1}
+    assert check.test_outcome("FAILED tests/test_x.py::test_b - AssertionError") is None
     files = {os.path.basename(f) for f in check.gpu_test_files(
         os.path.join(os.path.dirname(BENCHMARKS), "tests"))}
     assert {"test_dbscan_propagation.py", "test_losses_fused.py"} <= files
@@ -91,7 +103,7 @@ def test_dry_run_on_cpu_writes_a_complete_report(tmp_path):
                       "--scaling", 300, 600, "--scaling-dim", 16, "--out", tmp_path, timeout=280)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = done.stdout
-    order = [text.index(f"== {i}.") for i in range(1, 8)]
+    order = [text.index(f"== {i}.") for i in range(1, 9)]     # both parts' 7 steps, targets
     assert order == sorted(order)
     with open(tmp_path / "gpu_check_cpu-simulated.json") as handle:
         data = json.load(handle)
@@ -103,7 +115,7 @@ def test_dry_run_on_cpu_writes_a_complete_report(tmp_path):
     verdicts = {t["target"]: t["verdict"] for t in data["targets"]}
     assert verdicts["same pseudo-labels as the CPU fast path"] == "met"
     assert verdicts["GPU tests pass"] == "not measured"
-    assert (tmp_path / "gpu_check_cpu-simulated.md").read_text().count("## ") == 7
+    assert (tmp_path / "gpu_check_cpu-simulated.md").read_text().count("## ") == 8
 
 
 def _defined_names(module_name):
@@ -202,3 +214,52 @@ def test_a_piece_that_ran_a_substitute_is_probed_as_substitute(monkeypatch):
         "pplr_fast: the fast knn kernels are unavailable on cpu: x; falling back to the "
         "reference path (rebuild).", RuntimeWarning, "f.py", 1)])
     assert missing[0] == "fallback"
+
+
+def test_the_results_are_rewritten_after_every_step_so_a_timeout_keeps_them(tmp_path, monkeypatch):
+    check = load_gpu_check()
+    args = check.parse_args(["--device", "cpu", "--part", "1", "--out", str(tmp_path)])
+    seen = {}
+
+    def environment(run, step):
+        run.data["pieces"] = [{"piece": "kNN (fast)", "status": "substitute", "why": "x"}]
+        run.report.line(step, "kNN (fast)  substitute  x")
+
+    def tests(run, step):                     # what is on disk when the next step starts
+        seen["md"] = (tmp_path / "gpu_check_cpu-simulated_part1.md").read_text()
+        seen["json"] = json.loads((tmp_path / "gpu_check_cpu-simulated_part1.json").read_text())
+        raise TimeoutError("the session ended here")
+
+    monkeypatch.setitem(check.STEPS, "environment", ("environment", environment))
+    monkeypatch.setitem(check.STEPS, "tests", ("tests", tests))
+    monkeypatch.setitem(check.STEPS, "stage", ("stage", lambda run, step: None))
+    run = check.Check(args, 1, check.PARTS[1], True, check.time.time(), [])
+    check.run_steps(run)
+    assert "kNN (fast)  substitute  x" in seen["md"]
+    assert "| every fast piece runs natively on the GPU (no fallback, no substitute) | " \
+           "missed: kNN (fast) substitute |" in seen["md"]
+    assert seen["json"]["pieces"][0]["status"] == "substitute"
+    verdicts = {t["target"]: t["verdict"] for t in seen["json"]["targets"]}
+    assert verdicts["GPU tests pass"] == "not measured"
+    assert not any("memcheck" in t for t in verdicts)           # part 2's targets are not here
+    final = json.loads((tmp_path / "gpu_check_cpu-simulated_part1.json").read_text())
+    assert [s["status"] for s in final["steps"]] == ["ran", "failed", "ran", "ran"]
+    assert "TimeoutError: the session ended here" in final["steps"][1]["lines"][-1]
+
+
+def test_the_parts_split_the_steps_and_part_2_runs_the_fused_loss_first():
+    check = load_gpu_check()
+    assert check.PARTS == {1: ["environment", "tests", "stage"],
+                           2: ["scaling", "training", "losses", "sanitizer"]}
+    for part, names in check.PARTS.items():
+        assert sum(check.STEP_BUDGETS[n] for n in names) + check.MIN_STEP_S <= check.PART_BUDGET_S
+    assert check.PART_BUDGET_S < check.PART_LIMIT_S == 300
+    assert check.parse_args([]).scaling == [250000]
+    commands = []
+    run = check.Check(check.parse_args(["--device", "cpu"]), 2, check.PARTS[2], False,
+                      check.time.time(), [])
+    check.run_subprocess = lambda command, *a, **k: (commands.append(command), (0, "", 0.0))[1]
+    step = {"budget_s": 60.0, "start": check.time.time(), "lines": []}
+    check.losses_step(run, step)
+    variants = commands[0][commands[0].index("--variants") + 1:][:3]
+    assert variants[0] == "fused" and sorted(variants) == ["compile", "eager", "fused"]
