@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "benchmarks")
