@@ -68,9 +68,9 @@ import warnings
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCHMARKS)
-# This checkout's pplr_fast, the one the check is about: its pure-Python helpers import
-# even before the offline install below has built the package.
-sys.path.insert(0, REPO)
+# The installed pplr_fast, or, before the offline install below has run, this checkout's
+# (its pure-Python helpers import unbuilt).
+sys.path.append(REPO)
 from pplr_fast.utils.errors import one_line as _one_line  # noqa: E402
 
 RESULT_MARK = "GPU_CHECK_RESULT "
