@@ -124,9 +124,9 @@ def run_subprocess(command: list[str], timeout: float, env: dict | None = None,
     environment = {**os.environ, **(env or {})}
     environment.pop("TRITON_INTERPRET", None)
     environment["PYTHONUNBUFFERED"] = "1"
+    # the command stays in this process group, so whatever stops this check stops it too
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, errors="replace", env=environment, cwd=cwd,
-                               start_new_session=True)
+                               text=True, errors="replace", env=environment, cwd=cwd)
     lines: list[str] = []
 
     def read() -> None:
@@ -141,13 +141,34 @@ def run_subprocess(command: list[str], timeout: float, env: dict | None = None,
         code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         code = None
-        try:
-            os.killpg(process.pid, signal.SIGKILL)     # the command and what it started
-        except OSError:
-            process.kill()
+        for pid in [*descendants(process.pid), process.pid]:   # what it started, then itself
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         process.wait()
     reader.join(timeout=5)
     return code, "".join(lines), time.time() - start
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (Linux /proc; none elsewhere)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as handle:
+                    children = [int(child) for child in handle.read().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
 
 
 def worker_results(output: str) -> list:

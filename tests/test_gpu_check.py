@@ -262,3 +262,22 @@ def test_the_parts_split_the_steps_and_part_2_runs_the_fused_loss_first():
     check.losses_step(run, step)
     variants = commands[0][commands[0].index("--variants") + 1:][:3]
     assert variants[0] == "fused" and sorted(variants) == ["compile", "eager", "fused"]
+
+
+def test_a_step_that_runs_past_its_budget_is_stopped_with_what_it_started_and_keeps_its_lines():
+    check = load_gpu_check()
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "print('CHILD', child.pid, flush=True)\n"
+              "print('first result', flush=True)\n"
+              "time.sleep(60)\n")
+    seen = []
+    start = check.time.time()
+    code, out, seconds = check.run_subprocess([sys.executable, "-c", script], 3.0,
+                                              on_line=seen.append)
+    assert code is None and seconds < 20 and check.time.time() - start < 20
+    assert "first result" in seen and "first result" in out        # kept, and given as it came
+    child = int(next(line for line in seen if line.startswith("CHILD")).split()[1])
+    check.time.sleep(0.2)
+    state = open(f"/proc/{child}/stat").read().split()[2] if os.path.exists(f"/proc/{child}") else "gone"
+    assert state in ("gone", "Z", "X")                              # the grandchild is stopped too
