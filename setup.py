@@ -9,6 +9,7 @@ Layout (see README):
                its CUDA body (compiled at run time by CuPy/NVRTC, shipped as data).
 """
 import os
+import re
 import sys
 from glob import glob
 
@@ -30,6 +31,18 @@ if not SKIP_CPU_KERNELS:
     ParallelCompile("NPY_NUM_BUILD_JOBS", default=0).install()
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def package_version():
+    """``__version__`` as written in pplr_fast/__init__.py, the one place the version is set.
+
+    The file is read as text, not imported: torch may be absent while the package builds.
+    """
+    with open(os.path.join(HERE, "pplr_fast", "__init__.py"), encoding="utf-8") as f:
+        found = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE)
+    if found is None:
+        sys.exit('pplr_fast: no line __version__ = "..." in pplr_fast/__init__.py')
+    return found.group(1)
 
 
 def cpu_extensions():
@@ -54,7 +67,7 @@ def cpu_extensions():
 
 setup(
     name="pplr_fast",
-    version="0.1.0",
+    version=package_version(),
     description="Fast, exact Part-based Pseudo Label Refinement (PPLR) for "
                 "unsupervised person re-identification",
     python_requires=">=3.9",

@@ -46,29 +46,16 @@ Usage: python benchmarks/cluster_stage.py [--n 2000 12936 ...] [--dim 2048]
        [--eps 0.6] [--out DIR] [--seed 0] [--threads T] [--timeout S]
        [--memory-limit-gib G] [--no-subprocess]
        [--dataset NAME --data-dir DIR --checkpoint PATH]
-       python benchmarks/cluster_stage.py --ranks 1 2 [--features gather ring] [--threads T]
-       [--n ...]
 
-``--ranks K ...``: the fast path's stage shared by K ranks
-(``pplr_fast.cluster.distributed_stage``), for every K given: the script
-starts K processes on this machine (a gloo group on CPU, NCCL on CUDA, one
-GPU per rank), each with T / K threads (T = --threads, default the core
-count), each holding its block of the features; it reports each rank's
-seconds per stage (median of --repeat runs after a warm-up), its rows and
-the bytes it received and sent, and whether every rank's labels and scores
-equal K = 1's. The per-rank work and bytes are what predict a multi-node run.
-``--features gather ring`` (default both): rows with the features gathered on
-every rank, and rows with only each rank's block kept and the blocks passed
-around a ring; "peak MiB" is the rank's peak resident memory during the stage
-above what it held before it (Linux: VmHWM after a reset through clear_refs).
-Output: ``cluster_stage_ranks_<device>.{md,json}``.
+``--ranks K ...`` (the stage shared by K ranks) is its own benchmark,
+``benchmarks/cluster_ranks.py``; given here, the whole command line is passed on
+to it.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import gc
-import hashlib
 import json
 import math
 import os
@@ -84,14 +71,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from features import IdentityFeatureConfig, identity_features  # noqa: E402
-from machine import (GIB, busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
-                     proc_status_kib)
+from machine import (GIB, MIB, busy_warning, describe_machine, load_average,  # noqa: E402
+                     machine_lines, peak_rss_growth_kib, reset_peak_rss, seconds_text)
 
 from pplr_fast.backend import BACKENDS  # noqa: E402
 from pplr_fast.cluster import checks  # noqa: E402
 from pplr_fast.cluster.stage import STAGES, run_cluster_stage  # noqa: E402
+from pplr_fast.pseudo_label_quality import adjusted_rand_index  # noqa: E402
+from pplr_fast.utils.timing import synchronize  # noqa: E402
 
-MIB = 1024 ** 2
 EXTRAS = ("sklearn", "faiss")
 ROW_NAMES = {"reference": "reference", "fast": "fast", "sklearn": "sklearn DBSCAN",
              "faiss": "faiss kNN"}
@@ -105,27 +93,6 @@ GPU_SIZES = CPU_SIZES + [500000, 1000000]
 # (below), so ~8 KiB per image; twice that leaves room for denser data. The
 # estimate (960 MiB there) errs on the large side.
 FAST_BYTES_PER_IMAGE = 16 * 1024
-
-
-# --------------------------------------------------------------------- correctness
-def _pairs(counts: np.ndarray) -> float:
-    """Number of unordered pairs within groups of the given sizes."""
-    counts = counts.astype(np.float64)
-    return float((counts * (counts - 1)).sum() / 2)
-
-
-def adjusted_rand_index(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
-    """Adjusted Rand index of two labelings (noise, -1, counts as one more label)."""
-    _, a = np.unique(labels_a, return_inverse=True)
-    _, b = np.unique(labels_b, return_inverse=True)
-    _, joint = np.unique(a.astype(np.int64) * (int(b.max()) + 1) + b, return_counts=True)
-    pairs_a, pairs_b = _pairs(np.bincount(a)), _pairs(np.bincount(b))
-    all_pairs = len(a) * (len(a) - 1) / 2
-    expected = pairs_a * pairs_b / all_pairs if all_pairs else 0.0
-    best = (pairs_a + pairs_b) / 2
-    if best == expected:        # both labelings trivial (one group, or all singletons)
-        return 1.0
-    return (_pairs(joint) - expected) / (best - expected)
 
 
 # --------------------------------------------------------------------- memory
@@ -164,21 +131,16 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.gpu_before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-        self.rss_before = proc_status_kib("VmRSS")
-        try:
-            with open("/proc/self/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")           # peak RSS mark := current RSS
-        except OSError:
-            self.rss_before = None              # no resettable mark: report nothing
+        self.rss_before = reset_peak_rss()      # None: no resettable mark, nothing reported
         return self
 
     def __exit__(self, *exc):
         if self.device == "cuda":
             torch.cuda.synchronize()
             self.gpu_mib = (torch.cuda.max_memory_allocated() - self.gpu_before) / MIB
-        peak = proc_status_kib("VmHWM")
-        if self.rss_before is not None and peak is not None:
-            self.host_mib = (peak - self.rss_before) / 1024
+        growth = peak_rss_growth_kib(self.rss_before)
+        if growth is not None:
+            self.host_mib = growth / 1024
         return False
 
 
@@ -231,11 +193,6 @@ def dataset_shape(args: argparse.Namespace) -> tuple[int, int, int, float]:
     n = len(create_dataset(args.dataset, args.data_dir, check_images=()).train)   # a count only
     dim = PPLRNet(config["arch"], num_parts=config["parts"]).feature_dim
     return n, dim, config["parts"], DATASET_PRESETS[canonical_dataset_name(args.dataset)].eps
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------- one measurement
@@ -451,12 +408,6 @@ def measure_size(args: argparse.Namespace, n: int, dim: int, parts: int, backend
 
 
 # --------------------------------------------------------------------- output
-def seconds_text(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-
-
 def columns(with_extract: bool, with_gpu: bool) -> list[str]:
     names = ["N", "backend", *(["extract"] if with_extract else []), *STAGES, "total",
              *(["extract + total"] if with_extract else []), "× fast", "peak host MiB",
@@ -672,18 +623,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--extract-batch-size", type=int, default=128)
     data.add_argument("--workers", type=int, default=4, help="data loader workers")
     parser.add_argument("--ranks", type=int, nargs="+",
-                        help="measure the fast stage shared by K ranks, for each K given "
-                             "(started here; default N 12936); see the module docstring")
-    parser.add_argument("--features", nargs="+", choices=("gather", "ring"),
-                        default=["gather", "ring"],
-                        help="--ranks: the stage's feature modes to measure (default both)")
-    parser.add_argument("--shared-note", help="a line for the --ranks table header (e.g. that "
-                        "the machine was shared while it ran)")
+                        help="the stage shared by K ranks: benchmarks/cluster_ranks.py, which "
+                             "this command line is passed on to (see its --help)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--rank-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.ranks and (min(args.ranks) < 1 or args.dataset):
-        parser.error("--ranks takes K >= 1, with generated features (no --dataset)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
     if bool(args.dataset) != bool(args.checkpoint) or (args.dataset and not args.data_dir):
@@ -691,220 +634,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
-
-
-# --------------------------------------------------------------------- --ranks: the stage over K ranks
-RANK_STAGES = ("features", *STAGES)
-
-
-def rank_worker(payload: str) -> None:
-    """One rank of a --ranks measurement: prints its JSON row."""
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
-    from pplr_fast.cluster.distributed_stage import block_bounds, run_distributed_cluster_stage
-    job = json.loads(payload)
-    args = argparse.Namespace(**job["config"])
-    rank, world = job["rank"], job["world"]
-    torch.set_num_threads(job["threads"])
-    if args.device == "cuda":
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if args.device == "cuda" else "gloo",
-                            init_method=f"tcp://127.0.0.1:{job['port']}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=args.timeout))
-    n = job["n"]
-    x_g, x_p, _ = identity_features(n, args.dim, args.parts, args.seed)
-    bounds = block_bounds([n * (r + 1) // world - n * r // world for r in range(world)])
-    device = torch.device("cuda", rank) if args.device == "cuda" else torch.device("cpu")
-    x_g = x_g[bounds[rank]:bounds[rank + 1]].clone().to(device)   # the whole features go
-    x_p = x_p[bounds[rank]:bounds[rank + 1]].clone().to(device)
-    gc.collect()
-    runs, peak = [], 0
-    for _ in range(1 + args.repeat):          # the first is the warm-up
-        dist.barrier()
-        before = reset_peak_memory()
-        result = run_distributed_cluster_stage(
-            x_g, x_p, eps=args.eps, k1=args.k1, k2=args.k2, min_samples=args.min_samples,
-            k=args.k, backend="fast", dbscan_on=job["dbscan_on"], features=job["features"])
-        runs.append(result.timings)
-        peak = max(peak, peak_memory() - before) if before is not None else None
-    median = {key: statistics.median(r[key] for r in runs[1:]) for key in runs[1]}
-    digest = hashlib.sha1(result.labels.cpu().numpy().tobytes()
-                          + result.scores.cpu().numpy().tobytes()).hexdigest()
-    print(json.dumps({"rank": rank, "rows": list(result.rows), "seconds": median,
-                      "received": result.received_bytes, "sent": result.sent_bytes,
-                      "peak_bytes": peak, "digest": digest, "clusters": result.num_clusters,
-                      "outliers": result.num_outliers, "ran": result.backend}))
-    dist.destroy_process_group()
-
-
-def _status_bytes(field: str) -> int | None:
-    """A ``VmRSS`` / ``VmHWM`` line of /proc/self/status in bytes (None off Linux)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_memory() -> int | None:
-    """Reset this process's peak resident memory; returns its resident memory now."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return None
-    return _status_bytes("VmRSS")
-
-
-def peak_memory() -> int:
-    return _status_bytes("VmHWM") or 0
-
-
-def measure_ranks(args: argparse.Namespace, n: int, world: int, dbscan_on: str,
-                  features: str) -> list[dict]:
-    """Start ``world`` ranks on this machine; one row per rank."""
-    with socket_for_port() as port:
-        pass
-    threads = max(1, (args.threads or os.cpu_count() or 1) // world)
-    config = {**vars(args), "worker": None, "rank_worker": None}
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--rank-worker", json.dumps(
-            {"config": config, "n": n, "rank": r, "world": world, "port": port,
-             "threads": threads, "dbscan_on": dbscan_on, "features": features})],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
-        for r in range(world)]
-    rows = []
-    for r, proc in enumerate(procs):
-        try:
-            out, err = proc.communicate(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            out, err = "", f"timed out after {args.timeout:g} s"
-        base = {"n": n, "ranks": world, "threads_per_rank": threads, "dbscan_on": dbscan_on,
-                "features": features, "rank": r}
-        if proc.returncode == 0:
-            rows.append({**base, "status": "ok", **json.loads(out.strip().splitlines()[-1])})
-        else:
-            reason = (err.strip().splitlines() or ["no output"])[-1][:300]
-            rows.append({**base, "status": f"failed: {reason}"})
-    return rows
-
-
-class socket_for_port:
-    """A free TCP port on 127.0.0.1 (the rendezvous of one --ranks measurement)."""
-
-    def __enter__(self) -> int:
-        import socket
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        return self.sock.getsockname()[1]
-
-    def __exit__(self, *exc):
-        self.sock.close()
-
-
-def ranks_report(result: dict) -> str:
-    config = result["config"]
-    lines = [f"# Clustering stage over K ranks (fast path), {config['device']}", ""]
-    machine = result["machine"]
-    lines += machine_lines(machine)
-    lines.append(f"Load average before / after: {result['load_before']} / {result['load_after']}.")
-    lines += filter(None, [busy_warning(result["load_before"],
-                                        machine.get("usable_cores") or machine.get("cores"))])
-    if config.get("shared_note"):
-        lines.append(f"Note: {config['shared_note']}")
-    lines += ["", f"D = {config['dim']}, N_p = {config['parts']}, eps = {config['eps']}, k1 = "
-              f"{config['k1']}, k2 = {config['k2']}, min_samples = {config['min_samples']}, k = "
-              f"{config['k']}; median of {config['repeat']} run(s) after one warm-up; every "
-              "rank on this one machine (gloo over loopback on CPU). Seconds per stage are "
-              "each rank's own (local work and the collectives it waits in); 'features' is "
-              "the all_gather of the feature blocks (the trainer skips it: its extraction "
-              "already gathers them). Mode 'gather': every rank gathers the whole features; "
-              "'ring': each rank keeps its block and the blocks visit every rank in turn "
-              "(the kNN and the encoding's distances), O(N·D / K + N·k) memory per rank, "
-              "each rank's rows against all N (twice the GEMM of the shared upper "
-              "triangle). Peak MiB: the rank's peak resident memory during the stage above "
-              "what it held before (its own feature block). MiB in / out: bytes this rank received / sent over the "
-              "whole stage (loopback here, the network across nodes). 'same as K=1': this "
-              "rank's labels and scores equal, bit for bit, those of the K = 1 run.", ""]
-    for note in result["notes"]:
-        lines.append(f"Note: {note}")
-    header = ["N", "K", "mode", "threads / rank", "DBSCAN on", "rank", "rows", *RANK_STAGES,
-              "total", "MiB in", "MiB out", "peak MiB", "clusters / outliers", "same as K=1"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
-    for row in result["rows"]:
-        head = [str(row["n"]), str(row["ranks"]), row.get("features", "gather"),
-                str(row["threads_per_rank"]), row["dbscan_on"], str(row["rank"])]
-        if row["status"] != "ok":
-            lines.append("| " + " | ".join(head + [row["status"]] + [""] * (len(header) - 7))
-                         + " |")
-            continue
-        sec = row["seconds"]
-        cells = head + [f"[{row['rows'][0]}, {row['rows'][1]})",
-                        *[seconds_text(sec.get(s)) for s in RANK_STAGES],
-                        seconds_text(sec["total"]),
-                        f"{sum(row['received'].values()) / MIB:.1f}",
-                        f"{sum(row['sent'].values()) / MIB:.1f}",
-                        "" if row.get("peak_bytes") is None else f"{row['peak_bytes'] / MIB:.0f}",
-                        f"{row['clusters']} / {row['outliers']}",
-                        {True: "yes", False: "NO", None: ""}[row.get("same_as_one_rank")]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Bytes received per rank and stage (MiB):", "",
-              "| N | K | mode | DBSCAN on | rank | " + " | ".join(RANK_STAGES) + " |",
-              "|" + "---:|" * (5 + len(RANK_STAGES))]
-    for row in result["rows"]:
-        if row["status"] == "ok":
-            lines.append(f"| {row['n']} | {row['ranks']} | {row.get('features', 'gather')} | "
-                         f"{row['dbscan_on']} | {row['rank']} | "
-                         + " | ".join(f"{row['received'].get(s, 0) / MIB:.2f}"
-                                      for s in RANK_STAGES) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def ranks_main(args: argparse.Namespace) -> dict:
-    """--ranks: measure the stage over every K, write cluster_stage_ranks_<device>.{md,json}."""
-    sizes = args.n or [12936]
-    args.eps = 0.6 if args.eps is None else args.eps
-    load_before = load_average()
-    rows, notes = [], []
-    for n in sizes:
-        one_rank = None
-        for features, world in [(f, w) for f in args.features for w in args.ranks]:
-            gathering = features == "gather" and world > 1
-            for dbscan_on in (("every", "one") if gathering else ("every",)):
-                print(f"  N={n} K={world} {features} DBSCAN on {dbscan_on} ...", file=sys.stderr,
-                      flush=True)
-                measured = measure_ranks(args, n, world, dbscan_on, features)
-                if world == 1 and one_rank is None and measured[0]["status"] == "ok":
-                    one_rank = measured[0]["digest"]
-                for row in measured:
-                    if row["status"] == "ok" and one_rank is not None:
-                        row["same_as_one_rank"] = row["digest"] == one_rank
-                rows += measured
-    if 1 not in args.ranks:
-        notes.append("no K = 1 run: the 'same as K=1' column is empty")
-    result = {"machine": describe_machine(args.device), "load_before": load_before,
-              "load_after": load_average(), "generator": IdentityFeatureConfig().describe(),
-              "config": {key: value for key, value in vars(args).items()
-                         if key not in ("worker", "rank_worker")},
-              "stages": list(RANK_STAGES), "rows": rows, "notes": notes}
-    report = ranks_report(result)
-    print(report)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"cluster_stage_ranks_{args.device}")
-    with open(stem + ".md", "w") as handle:
-        handle.write(report)
-    with open(stem + ".json", "w") as handle:
-        json.dump(result, handle, indent=2)
-    print(f"wrote {stem}.md and .json")
-    return result
 
 
 def run_worker(payload: str) -> None:
@@ -917,15 +646,16 @@ def run_worker(payload: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--ranks" in argv:
+        import cluster_ranks
+        print("note: the --ranks benchmark is benchmarks/cluster_ranks.py; running it with "
+              "this command line", file=sys.stderr, flush=True)
+        return cluster_ranks.main(argv)
     args = parse_args(argv)
     if args.worker:
         run_worker(args.worker)
         return {}
-    if args.rank_worker:
-        rank_worker(args.rank_worker)
-        return {}
-    if args.ranks:
-        return ranks_main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     notes = []

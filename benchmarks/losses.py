@@ -40,9 +40,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import (busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
-                     proc_status_kib)
+                     peak_rss_growth_kib, reset_peak_rss)
 
 from pplr_fast.losses.classification import classification_loss_twin  # noqa: E402
+from pplr_fast.utils.timing import synchronize  # noqa: E402
 
 VARIANTS = ("eager", "compile", "fused")
 _M_MMAP_THRESHOLD = -3                    # glibc mallopt parameter
@@ -82,11 +83,6 @@ def train_step(fn: Callable, inputs: Tuple[torch.Tensor, ...]) -> None:
     (loss_global + loss_parts).backward()
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_steps(fn: Callable, inputs, repeat: int, device: str) -> Tuple[float, float, float]:
     """(first call in s, median and minimum of ``repeat`` later steps in ms)."""
     start = time.perf_counter()
@@ -120,11 +116,11 @@ def peak_memory_mib(fn: Callable, inputs, device: str) -> float:
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
     libc.malloc_trim(0)
-    before = proc_status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")                      # reset VmHWM to the current RSS
+    before = reset_peak_rss()
+    if before is None:
+        raise OSError("no resettable peak-RSS mark (/proc/self/clear_refs) on this machine")
     train_step(fn, inputs)
-    return (proc_status_kib("VmHWM") - before) / 1024
+    return peak_rss_growth_kib(before) / 1024
 
 
 def measure(variant: str, args: argparse.Namespace) -> List[Dict[str, object]]:
@@ -212,6 +208,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--part-loss", choices=("aals", "ce"), default="aals")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                         help="folder for losses_<device>.md and .json")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="the variants to measure, in this order (default: all)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeat is None:
@@ -229,15 +227,19 @@ def main() -> None:
         return
     load_before = load_average()
     rows = []
-    for variant in VARIANTS:
+    for variant in args.variants:
         if args.device == "cpu" and variant == "fused":
-            rows += [{"variant": variant, "C": c, "B": args.b, "N_p": args.parts,
-                      "status": "needs a GPU (the Triton interpreter is not a speed path)"}
-                     for c in args.c]
+            measured = [{"variant": variant, "C": c, "B": args.b, "N_p": args.parts,
+                         "status": "needs a GPU (the Triton interpreter is not a speed path)"}
+                        for c in args.c]
         elif args.device == "cpu":
-            rows += measure_in_subprocess(variant, args)
+            measured = measure_in_subprocess(variant, args)
         else:
-            rows += measure(variant, args)
+            measured = measure(variant, args)
+        for row in measured:          # each result as it comes (the table follows at the end)
+            done = f"{row['median_ms']:.3f} ms median" if "median_ms" in row else row["status"]
+            print(f"  {variant} C={row['C']}: {done}", flush=True)
+        rows += measured
     machine = describe_machine(args.device)
     machine["load_before"], machine["load_after"] = load_before, load_average()
     table = markdown_table(rows, machine, args)

@@ -1,4 +1,10 @@
-"""What a benchmark ran on: CPU, cores, memory, GPU, library versions, threads, load."""
+"""The benchmarks' shared measuring: what a run ran on, peak memory, table formatting.
+
+What a benchmark ran on (CPU, cores, memory, GPU, library versions, threads, load), the
+host peak-RSS reader (Linux: VmHWM after a reset through /proc/self/clear_refs) and the
+seconds format of the tables. Waiting for the GPU before a timer reads is
+``pplr_fast.utils.timing.synchronize``.
+"""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +14,7 @@ import platform
 import torch
 
 GIB = 1024 ** 3
+MIB = 1024 ** 2
 
 
 def _cpu_model() -> str:
@@ -49,6 +56,36 @@ def proc_status_kib(key: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def reset_peak_rss() -> int | None:
+    """Set this process's peak-RSS mark (VmHWM) to its current RSS; that RSS in KiB.
+
+    None where the mark cannot be reset (no writable ``/proc/self/clear_refs``): a
+    peak read later would be the process's lifetime peak, so none is reported.
+    """
+    before = proc_status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")                   # peak RSS mark := current RSS
+    except OSError:
+        return None
+    return before
+
+
+def peak_rss_growth_kib(before: int | None) -> int | None:
+    """The peak RSS since :func:`reset_peak_rss` above the RSS it returned (``before``), in KiB."""
+    peak = proc_status_kib("VmHWM")
+    if before is None or peak is None:
+        return None
+    return peak - before
+
+
+def seconds_text(value: float | None) -> str:
+    """Seconds as the benchmark tables print them (3 significant digits; blank for None)."""
+    if value is None:
+        return ""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def load_average() -> str:

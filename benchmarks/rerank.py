@@ -41,10 +41,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from features import IdentityFeatureConfig, identity_features  # noqa: E402
 from machine import (busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
-                     proc_status_kib)
+                     peak_rss_growth_kib, reset_peak_rss)
 
 from pplr_fast.evaluation import evaluate_ranking  # noqa: E402
 from pplr_fast.rerank import available_memory, re_rank_features, re_ranking  # noqa: E402
+from pplr_fast.utils.timing import StageClock  # noqa: E402
 
 GIB, MIB = 1024 ** 3, 1024 ** 2
 SIZES = {"market1501": (3368, 15913), "msmt17": (11659, 82161)}
@@ -62,7 +63,7 @@ def numpy_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
     Dense (Q+G)^2 matrices, one full argsort, Python loops over the images,
     float32 throughout; the same semantics as pplr_fast.rerank.re_ranking.
     """
-    clock = Clock(timings)
+    clock = StageClock(timings=timings)         # host work only: nothing to synchronise
     q = q_g_dist.shape[0]
     n = q + q_g_dist.shape[1]
     blocks = np.concatenate([np.concatenate([q_q_dist, q_g_dist], axis=1),
@@ -71,9 +72,9 @@ def numpy_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
     del blocks
     dist = np.transpose(squared / np.max(squared, axis=0))     # row i: column i over its maximum
     del squared
-    clock("scale")
+    clock.lap("scale")
     rank = np.argsort(dist).astype(np.int32)
-    clock("argsort")
+    clock.lap("argsort")
 
     def reciprocal(i, k):
         forward = rank[i, :k + 1]
@@ -92,7 +93,7 @@ def numpy_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
         members = np.unique(members)
         weight = np.exp(-dist[i, members])
         v[i, members] = weight / np.sum(weight)
-    clock("encoding")
+    clock.lap("encoding")
     if k2 != 1:
         expanded = np.zeros_like(v, dtype=np.float32)
         for i in range(n):
@@ -100,9 +101,9 @@ def numpy_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
         v = expanded
         del expanded
     del rank
-    clock("query expansion")
+    clock.lap("query expansion")
     holders = [np.where(v[:, column] != 0)[0] for column in range(n)]
-    clock("inverted index")
+    clock.lap("inverted index")
     jaccard = np.zeros((q, n), dtype=np.float32)
     for i in range(q):
         overlap = np.zeros(n, dtype=np.float32)
@@ -110,23 +111,10 @@ def numpy_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
             rows = holders[column]
             overlap[rows] = overlap[rows] + np.minimum(v[i, column], v[rows, column])
         jaccard[i] = 1 - overlap / (2. - overlap)
-    clock("jaccard")
+    clock.lap("jaccard")
     out = jaccard * (1 - lambda_value) + dist[:q] * lambda_value
-    clock("combine")
+    clock.lap("combine")
     return out[:, q:]
-
-
-class Clock:
-    """Adds the seconds since the previous call to ``timings[name]``."""
-
-    def __init__(self, timings):
-        self.timings = timings if timings is not None else {}
-        self.last = time.perf_counter()
-
-    def __call__(self, name):
-        now = time.perf_counter()
-        self.timings[name] = self.timings.get(name, 0.0) + now - self.last
-        self.last = now
 
 
 # --------------------------------------------------------------------------- measuring
@@ -143,17 +131,12 @@ def release_free_memory() -> None:
 def peak_growth(run):
     """``(result, seconds, peak MiB)``: run() with the growth of the peak RSS it caused."""
     release_free_memory()
-    before = proc_status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")                       # peak RSS mark := current RSS
-    except OSError:
-        before = None
+    before = reset_peak_rss()
     start = time.perf_counter()
     result = run()
     seconds = time.perf_counter() - start
-    peak = proc_status_kib("VmHWM")
-    return result, seconds, (peak - before) / 1024 if before is not None and peak else None
+    growth = peak_rss_growth_kib(before)
+    return result, seconds, growth / 1024 if growth is not None else None
 
 
 def query_gallery_split(identity: torch.Tensor, q: int, seed: int):

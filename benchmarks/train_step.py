@@ -52,16 +52,12 @@ from pplr_fast.config import METHODS  # noqa: E402
 from pplr_fast.losses import (baseline_classification_loss, pplr_classification_loss,  # noqa: E402
                               soft_triplet_loss)
 from pplr_fast.models import RESNETS, PPLRNet  # noqa: E402
+from pplr_fast.utils.timing import synchronize  # noqa: E402
 
 BASELINE = "baseline"   # the ``backend`` key of the Baseline's row
 # SPEC §7: supplementary material of the paper, Market-1501, 4 TITAN RTX.
 PAPER_PPLR = {"name": "PPLR, paper (4x TITAN RTX, Market-1501, ResNet-50, 384x128, batch 64)",
               "parameters_m": 29.668, "cluster_s_per_epoch": 38.484, "train_s_per_iter": 0.202}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_model(args: argparse.Namespace, device: torch.device) -> PPLRNet:

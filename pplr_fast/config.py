@@ -4,7 +4,8 @@ A run's settings are layered, each layer overriding the one before:
 
 1. ``RECIPE``: the training recipe of the paper's public code (docs/method.md);
 2. ``DATASET_PRESETS[dataset]``: input size, images per identity, DBSCAN eps and
-   the camera-loss weight of that dataset;
+   the camera-loss weight of that dataset (written in the dataset registry,
+   ``pplr_fast.data.datasets.DATASETS``);
 3. ``DEMO_RECIPE`` (the built-in synthetic dataset only): a small CPU recipe so
    that the no-argument run finishes in a few minutes;
 4. the command-line flags (or keyword overrides from Python).
@@ -20,35 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .backend import BACKENDS, DEFAULT_BACKEND
+from .data.datasets import DATASETS, DatasetPreset
 
 
-@dataclass(frozen=True)
-class DatasetPreset:
-    """Per-dataset settings (the paper's values where it gives them)."""
-
-    height: int
-    width: int
-    num_instances: int
-    eps: float
-    eps_cam: float  # DBSCAN eps when camera proxies are used (PPLR-CAM)
-    lam_cam: float
-    real: bool = True  # a real dataset: training from random weights needs --pretrained none
-
-
-DATASET_PRESETS: dict[str, DatasetPreset] = {
-    "market1501": DatasetPreset(384, 128, 4, eps=0.6, eps_cam=0.4, lam_cam=0.5),
-    "msmt17": DatasetPreset(384, 128, 4, eps=0.7, eps_cam=0.6, lam_cam=1.0),
-    # The paper gives no camera-proxy eps for VeRi-776: the plain eps is reused.
-    "veri": DatasetPreset(256, 256, 8, eps=0.7, eps_cam=0.7, lam_cam=0.5),
-    # The paper gives no values for DukeMTMC-reID: Market-1501's are used.
-    "dukemtmcreid": DatasetPreset(384, 128, 4, eps=0.6, eps_cam=0.4, lam_cam=0.5),
-    # Built-in demo data (pplr_fast.data.synthetic), generated at 128x64, the
-    # size the CPU demo trains at. A smaller eps than Market-1501's: with an
-    # untrained network (no ImageNet weights offline) eps 0.6 merges most
-    # images into a few clusters at the first epoch, while 0.45 gives about
-    # 40 clusters for 64 identities.
-    "synthetic": DatasetPreset(128, 64, 4, eps=0.45, eps_cam=0.4, lam_cam=0.5, real=False),
-}
+# The training settings of each dataset, from the dataset registry (pplr_fast.data.datasets).
+DATASET_PRESETS: dict[str, DatasetPreset] = {name: entry.preset for name, entry in DATASETS.items()}
 
 # The recipe of the public code (docs/method.md, "Training recipe").
 RECIPE: dict[str, Any] = dict(

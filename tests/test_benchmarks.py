@@ -164,8 +164,10 @@ def test_dataset_mode_extracts_features_in_every_run(tmp_path):
     assert "extract + total" in (tmp_path / "out" / "cluster_stage_cpu.md").read_text()
 
 
-def test_adjusted_rand_index_matches_its_definition():
+def test_adjusted_rand_index_is_the_packages_and_counts_noise_as_a_label():
+    from pplr_fast.pseudo_label_quality import adjusted_rand_index
     cluster_stage = _load("cluster_stage")
+    assert cluster_stage.adjusted_rand_index is adjusted_rand_index     # one copy
     rng = np.random.default_rng(0)
     assert cluster_stage.adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([5, 5, -1, -1])) == 1
     assert cluster_stage.adjusted_rand_index(np.zeros(5, int), np.zeros(5, int)) == 1
@@ -232,8 +234,8 @@ def test_losses_table(tmp_path):
     assert "Machine: " in markdown and "| C | variant | median ms |" in markdown
 
 
-def test_cluster_stage_ranks_rows_per_rank_and_same_labels(tmp_path):
-    _run("cluster_stage.py", "--ranks", 1, 2, "--n", 600, "--dim", 64, "--repeat", 1,
+def test_cluster_ranks_rows_per_rank_and_same_labels(tmp_path):
+    _run("cluster_ranks.py", "--ranks", 1, 2, "--n", 600, "--dim", 64, "--repeat", 1,
          "--device", "cpu", "--threads", 2, "--out", tmp_path)
     with open(tmp_path / "cluster_stage_ranks_cpu.json") as handle:
         result = json.load(handle)
@@ -253,3 +255,28 @@ def test_cluster_stage_ranks_rows_per_rank_and_same_labels(tmp_path):
         table = handle.read()
     for column in ("threads / rank", "MiB in", "MiB out", "peak MiB", "same as K=1", *STAGES):
         assert column in table
+
+
+def test_cluster_stage_passes_ranks_on_to_cluster_ranks(tmp_path):
+    """The README's ``cluster_stage.py --ranks ...`` still runs the ranks benchmark."""
+    _run("cluster_stage.py", "--ranks", 1, "--features", "ring", "--n", 300, "--dim", 32,
+         "--repeat", 1, "--device", "cpu", "--threads", 1, "--out", tmp_path)
+    result = json.loads((tmp_path / "cluster_stage_ranks_cpu.json").read_text())
+    assert [(r["features"], r["ranks"], r["status"]) for r in result["rows"]] == [("ring", 1, "ok")]
+    assert not (tmp_path / "cluster_stage_cpu.json").exists()
+
+
+def test_benchmarks_share_one_peak_rss_reader():
+    """clear_refs / VmHWM are read in benchmarks/machine.py only."""
+    machine = _load("machine")
+    before = machine.reset_peak_rss()
+    if before is None:
+        pytest.skip("this kernel has no resettable peak-RSS mark (/proc/self/clear_refs)")
+    grown = np.ones(64 * 2 ** 20 // 8)                # 64 MiB, touched
+    assert machine.peak_rss_growth_kib(before) >= 60 * 1024
+    del grown
+    for name in os.listdir(BENCHMARKS):
+        if name.endswith(".py") and name != "machine.py":
+            text = open(os.path.join(BENCHMARKS, name)).read()
+            assert "clear_refs\", \"w\"" not in text and 'proc_status_kib("VmHWM")' not in text, name
+

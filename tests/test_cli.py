@@ -53,3 +53,15 @@ def test_plain_help_unmarks_literals_roles_and_literal_blocks():
     from pplr_fast.utils.cli import plain_help
     assert plain_help("Run ``python -m x --flag``; see :func:`f` and\n``a\nb``. Example::\n") \
         == "Run python -m x --flag; see f and\na\nb. Example:\n"
+
+
+def test_one_line_of_an_error_or_a_text():
+    from pplr_fast.utils.errors import one_line
+    worker = RuntimeError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback "
+                          "(most recent call last):\n  File x\npplr_fast.data.ImageReadError: bad  image\n")
+    assert one_line(worker) == "bad image"                         # the user's message only
+    assert one_line(worker, with_type=True) == "RuntimeError: bad image"
+    assert one_line(ValueError("a\n  b")) == "a b"
+    text = "Caught nothing\n" + "x " * 400                         # a text is taken as it is
+    assert one_line(text, limit=20) == "Caught nothing x x x ..."
+    assert one_line(text).startswith("Caught nothing x") and len(one_line(text)) > 700

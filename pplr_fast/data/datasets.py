@@ -35,27 +35,15 @@ class DatasetWarning(UserWarning):
     """Some files of a split were skipped (malformed names)."""
 
 
-_ALIASES = {
-    "market1501": "market1501", "market": "market1501", "market-1501": "market1501",
-    "msmt17": "msmt17", "msmt": "msmt17", "msmt17_v1": "msmt17",
-    "veri": "veri", "veri776": "veri", "veri-776": "veri",
-    "dukemtmcreid": "dukemtmcreid", "duke": "dukemtmcreid", "dukemtmc": "dukemtmcreid",
-    "dukemtmc-reid": "dukemtmcreid",
-    "synthetic": "synthetic",
-}
-
-# The datasets this package reads; their training presets are in pplr_fast.config.
-DATASET_NAMES = ("market1501", "msmt17", "veri", "dukemtmcreid", "synthetic")
-
-
 def canonical_dataset_name(name: str) -> str:
     """Map a user-given dataset name or alias (any case) to its canonical name."""
-    canonical = _ALIASES.get(name.strip().lower())
+    aliases = _aliases()
+    canonical = aliases.get(name.strip().lower())
     if canonical is None:
-        aliases = ", ".join(sorted(_ALIASES))
+        spellings = ", ".join(sorted(aliases))
         raise ValueError(
             f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)} "
-            f"(accepted spellings: {aliases})")
+            f"(accepted spellings: {spellings})")
     return canonical
 
 
@@ -251,18 +239,6 @@ def _read_three_folder_layout(name: str, display: str, root: str, folders: tuple
 _MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 _MSMT_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
 
-# Where each folder dataset lives under the data dir: its display name, the folder names
-# it is unpacked as, and the entries that folder must hold.
-_LAYOUTS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
-    "market1501": ("Market-1501", ["Market-1501-v15.09.15", "Market-1501"],
-                   ("bounding_box_train", "bounding_box_test", "query")),
-    "dukemtmcreid": ("DukeMTMC-reID", ["DukeMTMC-reID"],
-                     ("bounding_box_train", "bounding_box_test", "query")),
-    "veri": ("VeRi-776", ["VeRi"], ("image_train", "image_query", "image_test")),
-    "msmt17": ("MSMT17", ["MSMT17_V1"], ("train", "test") + _MSMT_LISTS),
-}
-
-
 def read_market_layout(root: str, name: str = "market1501") -> ReidDataset:
     """Parse a folder holding Market-1501's three image folders (any dataset in that layout)."""
     root = os.path.abspath(root)
@@ -272,28 +248,28 @@ def read_market_layout(root: str, name: str = "market1501") -> ReidDataset:
 
 def load_market1501(data_dir: str) -> ReidDataset:
     """Market-1501 from ``<data_dir>/Market-1501-v15.09.15`` (or ``Market-1501``)."""
-    root = _locate(*_LAYOUTS["market1501"], data_dir=data_dir)
+    root = _locate(*DATASETS["market1501"].layout, data_dir=data_dir)
     return _read_three_folder_layout("market1501", "Market-1501", root, _MARKET_FOLDERS,
                                      _MARKET_NAMES)
 
 
 def load_dukemtmcreid(data_dir: str) -> ReidDataset:
     """DukeMTMC-reID from ``<data_dir>/DukeMTMC-reID``."""
-    root = _locate(*_LAYOUTS["dukemtmcreid"], data_dir=data_dir)
+    root = _locate(*DATASETS["dukemtmcreid"].layout, data_dir=data_dir)
     return _read_three_folder_layout("dukemtmcreid", "DukeMTMC-reID", root, _MARKET_FOLDERS,
                                      _DUKE_NAMES)
 
 
 def load_veri(data_dir: str) -> ReidDataset:
     """VeRi-776 from ``<data_dir>/VeRi``."""
-    root = _locate(*_LAYOUTS["veri"], data_dir=data_dir)
+    root = _locate(*DATASETS["veri"].layout, data_dir=data_dir)
     return _read_three_folder_layout("veri", "VeRi-776", root,
                                      ("image_train", "image_query", "image_test"), _VERI_NAMES)
 
 
 def load_msmt17(data_dir: str) -> ReidDataset:
     """MSMT17_V1 from ``<data_dir>/MSMT17_V1``; list_val is merged into train."""
-    root = _locate(*_LAYOUTS["msmt17"], data_dir=data_dir)
+    root = _locate(*DATASETS["msmt17"].layout, data_dir=data_dir)
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
 
     def read(split: str, list_name: str, image_dir: str) -> list[Sample]:
@@ -320,7 +296,7 @@ def locate_dataset(name: str, data_dir: str) -> str | None:
     canonical = canonical_dataset_name(name)
     if canonical == "synthetic":
         return None
-    return _locate(*_LAYOUTS[canonical], data_dir=data_dir)
+    return _locate(*DATASETS[canonical].layout, data_dir=data_dir)
 
 
 def create_dataset(name: str, data_dir: str, *, generate: bool = True,
@@ -341,15 +317,83 @@ def create_dataset(name: str, data_dir: str, *, generate: bool = True,
 
 
 def _load_dataset(name: str, data_dir: str, generate: bool) -> ReidDataset:
-    canonical = canonical_dataset_name(name)
-    if canonical == "synthetic":
-        from .synthetic import FOLDER_NAME, make_synthetic_dataset
-        folder = os.path.join(os.path.abspath(os.path.expanduser(data_dir)), FOLDER_NAME)
-        if not generate and not os.path.isdir(folder):
-            raise DatasetError(
-                f"no synthetic dataset at {folder}; it is made by training "
-                "(python -m pplr_fast.train --data-dir ...): pass the --data-dir the run used")
-        return read_market_layout(make_synthetic_dataset(data_dir), name="synthetic")
-    loaders = {"market1501": load_market1501, "dukemtmcreid": load_dukemtmcreid,
-               "veri": load_veri, "msmt17": load_msmt17}
-    return loaders[canonical](data_dir)
+    return DATASETS[canonical_dataset_name(name)].load(data_dir, generate)
+
+
+def load_synthetic(data_dir: str, generate: bool = True) -> ReidDataset:
+    """The built-in synthetic dataset under ``data_dir``, generated first if absent and ``generate``."""
+    from .synthetic import FOLDER_NAME, make_synthetic_dataset
+    folder = os.path.join(os.path.abspath(os.path.expanduser(data_dir)), FOLDER_NAME)
+    if not generate and not os.path.isdir(folder):
+        raise DatasetError(
+            f"no synthetic dataset at {folder}; it is made by training "
+            "(python -m pplr_fast.train --data-dir ...): pass the --data-dir the run used")
+    return read_market_layout(make_synthetic_dataset(data_dir), name="synthetic")
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """Per-dataset training settings (the paper's values where it gives them)."""
+
+    height: int
+    width: int
+    num_instances: int
+    eps: float
+    eps_cam: float  # DBSCAN eps when camera proxies are used (PPLR-CAM)
+    lam_cam: float
+    real: bool = True  # a real dataset: training from random weights needs --pretrained none
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset this package reads: how it is spelled, where it lives, how it trains."""
+
+    aliases: tuple[str, ...]  # accepted spellings besides the canonical name (any case)
+    read: Callable[..., ReidDataset]  # read(data_dir), or read(data_dir, generate) if generated
+    preset: DatasetPreset
+    # A folder dataset: (display name, folder names it is unpacked as, entries that folder
+    # must hold). None for a dataset this package generates.
+    layout: tuple[str, list[str], tuple[str, ...]] | None = None
+
+    def load(self, data_dir: str, generate: bool) -> ReidDataset:
+        return self.read(data_dir) if self.layout is not None else self.read(data_dir, generate)
+
+
+# The registry of datasets: the command line, the loaders and pplr_fast.config (the training
+# presets) all read it. Its order is the order names are listed in help and error texts.
+DATASETS: dict[str, DatasetEntry] = {
+    "market1501": DatasetEntry(
+        ("market", "market-1501"), load_market1501,
+        DatasetPreset(384, 128, 4, eps=0.6, eps_cam=0.4, lam_cam=0.5),
+        ("Market-1501", ["Market-1501-v15.09.15", "Market-1501"],
+         ("bounding_box_train", "bounding_box_test", "query"))),
+    "msmt17": DatasetEntry(
+        ("msmt", "msmt17_v1"), load_msmt17,
+        DatasetPreset(384, 128, 4, eps=0.7, eps_cam=0.6, lam_cam=1.0),
+        ("MSMT17", ["MSMT17_V1"], ("train", "test") + _MSMT_LISTS)),
+    # The paper gives no camera-proxy eps for VeRi-776: the plain eps is reused.
+    "veri": DatasetEntry(
+        ("veri776", "veri-776"), load_veri,
+        DatasetPreset(256, 256, 8, eps=0.7, eps_cam=0.7, lam_cam=0.5),
+        ("VeRi-776", ["VeRi"], ("image_train", "image_query", "image_test"))),
+    # The paper gives no values for DukeMTMC-reID: Market-1501's are used.
+    "dukemtmcreid": DatasetEntry(
+        ("duke", "dukemtmc", "dukemtmc-reid"), load_dukemtmcreid,
+        DatasetPreset(384, 128, 4, eps=0.6, eps_cam=0.4, lam_cam=0.5),
+        ("DukeMTMC-reID", ["DukeMTMC-reID"], ("bounding_box_train", "bounding_box_test", "query"))),
+    # Built-in demo data (pplr_fast.data.synthetic), generated at 128x64, the size the CPU
+    # demo trains at. A smaller eps than Market-1501's: with an untrained network (no
+    # ImageNet weights offline) eps 0.6 merges most images into a few clusters at the first
+    # epoch, while 0.45 gives about 40 clusters for 64 identities.
+    "synthetic": DatasetEntry(
+        (), load_synthetic,
+        DatasetPreset(128, 64, 4, eps=0.45, eps_cam=0.4, lam_cam=0.5, real=False)),
+}
+
+DATASET_NAMES = tuple(DATASETS)
+
+
+def _aliases() -> dict[str, str]:
+    """Every accepted spelling (lower case) -> canonical name."""
+    return {spelling: name for name, entry in DATASETS.items()
+            for spelling in (name,) + entry.aliases}
