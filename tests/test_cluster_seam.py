@@ -5,7 +5,8 @@
 (``common.py``, ``checks.py``, ``sparse_distance.py``), their compiled kernels
 and ``pplr_fast.kernels``, never the dispatcher or each other; ``common.py``
 imports only the leaf ``pplr_fast.utils.distinct_rows`` and ``checks.py`` only
-``common.py``; the kernels in
+``common.py`` and the memory probe; the leaf modules of ``pplr_fast.utils`` (memory,
+timing, errors) are open to all of them; the kernels in
 ``kernels/`` take and return tensors and never import the package back.
 Every import statement counts, including the ones inside functions.
 """
@@ -28,15 +29,19 @@ PATHS = {"pplr_fast.cluster.reference", "pplr_fast.cluster.fast_cpu",
 CPU_KERNELS = {"pplr_fast._knn", "pplr_fast._jaccard", "pplr_fast._dbscan",
                "pplr_fast._cross_agreement"}
 
+# the one memory guard, timer and error formatting: leaves that import nothing of pplr_fast
+UTILS = {"pplr_fast.utils.memory", "pplr_fast.utils.timing", "pplr_fast.utils.errors"}
+
 # module -> what of pplr_fast it may import (prefixes end with ".")
 ALLOWED = {
     "pplr_fast.cluster.common": {"pplr_fast.utils.distinct_rows"},
-    "pplr_fast.cluster.checks": {"pplr_fast.cluster.common"},
-    "pplr_fast.cluster.sparse_distance": {"pplr_fast.cluster.common", "pplr_fast.cluster.checks"},
-    "pplr_fast.cluster.reference": LEAVES,
-    "pplr_fast.cluster.fast_cpu": LEAVES | CPU_KERNELS,
-    "pplr_fast.cluster.fast_cuda": LEAVES | {"pplr_fast.kernels.", "pplr_fast.gpu_fallback",
-                                             "pplr_fast.cluster.dbscan_propagation"},
+    "pplr_fast.cluster.checks": {"pplr_fast.cluster.common", "pplr_fast.utils.memory"},
+    "pplr_fast.cluster.sparse_distance": {"pplr_fast.cluster.common", "pplr_fast.cluster.checks"}
+    | UTILS,
+    "pplr_fast.cluster.reference": LEAVES | UTILS,
+    "pplr_fast.cluster.fast_cpu": LEAVES | UTILS | CPU_KERNELS,
+    "pplr_fast.cluster.fast_cuda": LEAVES | UTILS | {"pplr_fast.kernels.", "pplr_fast.gpu_fallback",
+                                                     "pplr_fast.cluster.dbscan_propagation"},
     # the GPU DBSCAN's stand-in when CuPy cannot run: plain torch ops on any device
     "pplr_fast.cluster.dbscan_propagation": {"pplr_fast.cluster.checks"},
 }
@@ -120,5 +125,5 @@ def test_each_cluster_module_imports_first_in_a_fresh_interpreter():
 def test_the_rules_see_lazy_and_relative_imports():
     """The checker resolves ``from .common import x`` and finds imports inside functions."""
     found = imported_modules(CLUSTER / "reference.py")
-    assert "pplr_fast.cluster.common" in found and "pplr_fast.cluster.checks" in found
+    assert "pplr_fast.cluster.common" in found and "pplr_fast.utils.memory" in found
     assert "pplr_fast._knn" in imported_modules(CLUSTER / "fast_cpu.py")   # inside a function

@@ -1,14 +1,14 @@
-"""Input validation and memory guards shared by the clustering-stage ops.
+"""Input validation shared by the clustering-stage ops.
 
-A leaf module: it imports nothing else of pplr_fast.
+A leaf module: it imports nothing else of pplr_fast but the memory probe, which it
+re-exports as ``available_memory`` (``benchmarks/cluster_stage.py`` reads it here);
+the memory guard itself is :func:`pplr_fast.utils.memory.ensure_fits`.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-GIB = 1024 ** 3
+from pplr_fast.utils.memory import available_memory  # noqa: F401  (re-export)
 
 
 class ClusterInputError(ValueError):
@@ -117,40 +117,3 @@ def check_neighbour_lists(rank: torch.Tensor, n: int, columns: int, device: torc
     if lowest < 0 or highest >= n:
         raise ClusterInputError(f"{name} holds indices outside [0, {n}): it does not belong to "
                                 "these features")
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes that a new allocation on ``device`` can use right now.
-
-    ``PPLR_FAST_MEMORY_LIMIT_GIB`` caps it (e.g. to leave room for other jobs
-    on a shared machine, or to see a refusal without a big machine).
-    """
-    measured = _measured_memory(device)
-    limit = os.environ.get("PPLR_FAST_MEMORY_LIMIT_GIB")
-    return measured if not limit else min(measured, int(float(limit) * GIB))
-
-
-def _measured_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def ensure_fits(nbytes: int, device: torch.device, what: str, hint: str) -> None:
-    """Refuse, with an estimate, an allocation that would not fit in memory.
-
-    Raises ``MemoryError`` instead of letting the process be killed half-way.
-    """
-    avail = available_memory(device)
-    if nbytes > 0.9 * avail:
-        raise MemoryError(
-            f"refused: {what} needs about {nbytes / GIB:.1f} GiB but only "
-            f"{avail / GIB:.1f} GiB is available on {device}; {hint}")

@@ -90,10 +90,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pplr_fast.utils.timing import StageClock
+
 from . import api
 from .checks import ClusterInputError, check_jaccard_args, check_k, check_part_features
 from .sparse_distance import SparseDistance
-from .stage import STAGES, ClusterStageResult, StageClock
+from .stage import STAGES, ClusterStageResult
 
 DBSCAN_ON = ("every", "one")
 FEATURES = ("gather", "ring")
