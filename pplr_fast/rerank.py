@@ -53,7 +53,6 @@ copied function silently squares again), raise a SquaredDistanceWarning
 """
 from __future__ import annotations
 
-import operator
 import time
 import warnings
 
@@ -61,7 +60,7 @@ import numpy as np
 import torch
 
 from pplr_fast.cluster import jaccard_distance
-from pplr_fast.cluster.checks import check_enough_images
+from pplr_fast.cluster.checks import check_enough_images, check_k
 from pplr_fast.utils.distinct_rows import DistinctRows, tied_matmul
 from pplr_fast.utils.memory import available_memory, ensure_fits
 from pplr_fast.utils.timing import StageClock
@@ -89,20 +88,12 @@ def sparse_bytes(n: int, k1: int, k2: int) -> int:
 
 def check_parameters(k1, k2, lambda_value) -> tuple[int, int, float]:
     """``(k1, k2, lambda)`` as Python numbers, or a ValueError naming the bad one."""
-    values = []
-    for name, k in (("k1", k1), ("k2", k2)):
-        try:
-            value = None if isinstance(k, bool) else operator.index(k)
-        except TypeError:
-            value = None
-        if value is None or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {k!r}")
-        values.append(value)
+    k1, k2 = check_k("k1", k1, integer_like=True), check_k("k2", k2, integer_like=True)
     lam = float(lambda_value)
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda_value must lie in [0, 1] (weight of the original distance), "
                          f"got {lambda_value!r}")
-    return values[0], values[1], lam
+    return k1, k2, lam
 
 
 def _as_block(block, name: str) -> np.ndarray:

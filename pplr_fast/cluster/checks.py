@@ -6,6 +6,8 @@ the memory guard itself is :func:`pplr_fast.utils.memory.ensure_fits`.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from pplr_fast.utils.memory import available_memory  # noqa: F401  (re-export)
@@ -42,9 +44,29 @@ def check_features(x: torch.Tensor, name: str = "features") -> None:
             "call torch.nn.functional.normalize(x, dim=1) first")
 
 
-def check_k(name: str, k: int, minimum: int = 1) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < minimum:
+def check_k(name: str, k: int, minimum: int = 1, *, integer_like: bool = False) -> int:
+    """``k`` as an int >= ``minimum`` (never a bool), else a ClusterInputError naming it.
+    ``integer_like`` also takes what ``operator.index`` turns into an int (numpy integers)."""
+    value = k
+    if integer_like and not isinstance(k, bool):
+        try:
+            value = operator.index(k)
+        except TypeError:
+            pass
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ClusterInputError(f"{name} must be an integer >= {minimum}, got {k!r}")
+    return value
+
+
+def check_stage_args(n: int, *, eps: float, k1: int, k2: int, min_samples: int, k: int) -> None:
+    """The arguments of one clustering stage over ``n`` images (the features are checked
+    apart, by :func:`check_part_features`): Jaccard's k1, k2, cross-agreement's k and
+    DBSCAN's min_samples and eps."""
+    check_jaccard_args(k1, k2, None, n=n)
+    check_k("k", k)
+    check_k("min_samples", min_samples)
+    if not 0 < eps < 1:
+        raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
 
 
 def check_part_features(x_g: torch.Tensor, x_p: torch.Tensor) -> None:

@@ -93,7 +93,7 @@ import torch.distributed as dist
 from pplr_fast.utils.timing import StageClock
 
 from . import api
-from .checks import ClusterInputError, check_jaccard_args, check_k, check_part_features
+from .checks import ClusterInputError, check_part_features, check_stage_args
 from .sparse_distance import SparseDistance
 from .stage import STAGES, ClusterStageResult
 
@@ -463,11 +463,7 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                                         "needs at least one image")
             if not ring or x_g.shape[0]:     # in the ring, this rank's block (if any)
                 check_part_features(x_g, x_p)
-            check_jaccard_args(k1, k2, None, n=n)
-            check_k("k", k)
-            check_k("min_samples", min_samples)
-            if not 0 < eps < 1:
-                raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
+            check_stage_args(n, eps=eps, k1=k1, k2=k2, min_samples=min_samples, k=k)
             chosen = api.resolve_backend(backend, device, "cluster stage")
             strips = api.splits_rows(chosen, device)
             if ring and not strips:

@@ -6,7 +6,7 @@ The results equal the reference path's (``reference.py``); the public entry
 points with input checks and backend choice are in ``api.py``.
 
 kNN: exact, from a low-precision GEMM filter and an fp64 re-rank. A bf16 GEMM
-(oneDNN/MKL, ~4-5x faster than fp32 on CPUs with native bf16) over the upper
+(oneDNN/MKL; on CPUs with native bf16 much faster than fp32, see ``benchmarks/results/``) over the upper
 triangle only — each block of scores serves its rows and, transposed, its
 columns — is streamed into the C++ selection of ``csrc/cpu/knn_cpu.cpp`` (a
 running top-k threshold per row and the columns that can still reach it under
@@ -67,6 +67,40 @@ def exact_rows_topk(x: torch.Tensor, rows: np.ndarray, k: int) -> tuple[np.ndarr
     return _knn.exact_rows_topk(x.numpy(), np.ascontiguousarray(rows, dtype=np.int64), k)
 
 
+def low_precision(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """The filter GEMM's operand of ``x``, its output roundoff and bytes per score: bf16
+    scores (2 bytes, rounded to bf16: u = 2^-8) on CPUs with native bf16, else fp32 (the
+    fp32 accumulator itself: no output rounding)."""
+    if cpu_has_native_bf16():
+        return x.bfloat16(), 2.0 ** -8, 2
+    return x, 0.0, 4
+
+
+def consume_scores(selection, rows_low: torch.Tensor, cols_low: torch.Tensor, score_bytes: int,
+                   *offsets: int) -> None:
+    """The filter GEMM ``rows_low @ cols_low.T`` (IEEE fp32 accumulation) fed to the C++
+    ``selection`` (``consume_bf16`` or ``consume_fp32``, with ``offsets``: where the block
+    starts)."""
+    with ieee_matmul():
+        scores = rows_low @ cols_low.T
+    if score_bytes == 2:
+        selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), *offsets)
+    else:
+        selection.consume_fp32(scores.numpy(), *offsets)
+
+
+def finish_overflowing(x: torch.Tensor, dist: np.ndarray, index: np.ndarray,
+                       overflow: np.ndarray, k: int, first_row: int = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dist, index)`` as tensors, the rows flagged in ``overflow`` (more than
+    ``CANDIDATE_CAP`` candidates: nearly equidistant data) finished by
+    :func:`exact_rows_topk`; row t of the arrays is row ``first_row + t`` of ``x``."""
+    overflowing = np.flatnonzero(overflow)
+    if overflowing.size:
+        dist[overflowing], index[overflowing] = exact_rows_topk(x, overflowing + first_row, k)
+    return torch.from_numpy(dist), torch.from_numpy(index)
+
+
 def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact kNN, rows sorted by (fp64 distance, index). Returns (dist, index)."""
     from pplr_fast import _knn
@@ -75,28 +109,16 @@ def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     k = min(k, n)
     dist = np.empty((n, k), dtype=np.float64)
     index = np.empty((n, k), dtype=np.int64)
-    if cpu_has_native_bf16():     # bf16 scores (2 bytes), rounded to bf16: u = 2^-8
-        x_low, output_roundoff, score_bytes = x.bfloat16(), 2.0 ** -8, 2
-    else:                         # fp32 scores are the fp32 accumulator itself
-        x_low, output_roundoff, score_bytes = x, 0.0, 4
+    x_low, output_roundoff, score_bytes = low_precision(x)
     bounds = rounding_error_bounds(x, x_low, 2.0 ** -24).numpy()
     selection = _knn.SymmetricTopK(n, k, bounds, output_roundoff)
     # Block rows [r0, r1) x columns [r0, n): the blocks cover the upper triangle,
     # half the GEMM. ~6 blocks is enough; memory caps the block at BLOCK_BYTES.
     block = min(block_rows(n, score_bytes), max(512, -(-n // 6)))
     for r0 in range(0, n, block):
-        with ieee_matmul():
-            scores = x_low[r0:r0 + block] @ x_low[r0:].T
-        if score_bytes == 2:
-            selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), r0)
-        else:
-            selection.consume_fp32(scores.numpy(), r0)
-        del scores
+        consume_scores(selection, x_low[r0:r0 + block], x_low[r0:], score_bytes, r0)
     dist[:], index[:], overflow = selection.finish(x.numpy(), common.CANDIDATE_CAP)
-    overflowing = np.flatnonzero(overflow)
-    if overflowing.size:
-        dist[overflowing], index[overflowing] = exact_rows_topk(x, overflowing, k)
-    return torch.from_numpy(dist), torch.from_numpy(index)
+    return finish_overflowing(x, dist, index, overflow, k)
 
 
 # ---------------------------------------------------------------- Jaccard
@@ -185,10 +207,7 @@ class NeighbourStrips:
         self.x = x.float().contiguous()
         self.n = self.x.shape[0]
         self.k = min(k, self.n)
-        if cpu_has_native_bf16():
-            self.x_low, roundoff, self.score_bytes = self.x.bfloat16(), 2.0 ** -8, 2
-        else:
-            self.x_low, roundoff, self.score_bytes = self.x, 0.0, 4
+        self.x_low, roundoff, self.score_bytes = low_precision(self.x)
         bounds = rounding_error_bounds(self.x, self.x_low, 2.0 ** -24).numpy()
         self.selection = _knn.SymmetricTopK(self.n, self.k, bounds, roundoff)
 
@@ -197,13 +216,7 @@ class NeighbourStrips:
         block = block_rows(self.n, self.score_bytes)
         for b0 in range(r0, r1, block):
             b1 = min(r1, b0 + block)
-            with ieee_matmul():
-                scores = self.x_low[b0:b1] @ self.x_low[b0:].T
-            if self.score_bytes == 2:
-                self.selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), b0)
-            else:
-                self.selection.consume_fp32(scores.numpy(), b0)
-            del scores
+            consume_scores(self.selection, self.x_low[b0:b1], self.x_low[b0:], self.score_bytes, b0)
 
     def take_rows(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidates of rows [a, b) as CSR ``(ptr int64, col int32, score float32)``; the
@@ -219,10 +232,7 @@ class NeighbourStrips:
         """Exact ``(dist, index)`` of rows [a, b), as :func:`nearest_neighbours` returns them."""
         dist, index, overflow = self.selection.finish_rows(self.x.numpy(), a, b,
                                                            common.CANDIDATE_CAP)
-        overflowing = np.flatnonzero(overflow)
-        if overflowing.size:
-            dist[overflowing], index[overflowing] = exact_rows_topk(self.x, overflowing + a, self.k)
-        return torch.from_numpy(dist), torch.from_numpy(index)
+        return finish_overflowing(self.x, dist, index, overflow, self.k, first_row=a)
 
 
 def encode_rows(x: torch.Tensor, rank: torch.Tensor, k1: int, k2: int, r0: int, r1: int):
@@ -253,19 +263,11 @@ def cross_agreement_of_rows(rank_g: torch.Tensor, ranks_p: list[torch.Tensor], k
 
 
 # ---------------------------------------------------------------- the ring (distributed stage)
-def _low_precision(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """The filter GEMM's operand of ``x``, its output roundoff and bytes per score (as in
-    :func:`nearest_neighbours`)."""
-    if cpu_has_native_bf16():
-        return x.bfloat16(), 2.0 ** -8, 2
-    return x, 0.0, 4
-
-
 def ring_maxima(x: torch.Tensor) -> tuple[float, float]:
     """(M, rho_max) of this block's rows for the filter's error bound
     (``common.rounding_maxima``); the ring uses the largest over all blocks."""
     x = x.float().contiguous()
-    return rounding_maxima(x, _low_precision(x)[0])
+    return rounding_maxima(x, low_precision(x)[0])
 
 
 class RingNeighbours:
@@ -288,7 +290,7 @@ class RingNeighbours:
         from pplr_fast import _knn
         self.x = x.float().contiguous()
         self.k = min(k, n)
-        self.x_low, roundoff, self.score_bytes = _low_precision(self.x)
+        self.x_low, roundoff, self.score_bytes = low_precision(self.x)
         bounds = rounding_error_bounds(self.x, self.x_low, 2.0 ** -24, maxima).numpy()
         self.selection = _knn.RingTopK(self.x.shape[0], self.k, bounds, roundoff)
 
@@ -298,16 +300,10 @@ class RingNeighbours:
         if not rows or not width:
             return
         x_cols = x_cols.float().contiguous()
-        cols_low = _low_precision(x_cols)[0]
+        cols_low = low_precision(x_cols)[0]
         step = block_rows(width, self.score_bytes)
         for a in range(0, rows, step):
-            with ieee_matmul():
-                scores = self.x_low[a:a + step] @ cols_low.T
-            if self.score_bytes == 2:
-                self.selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), a, c0)
-            else:
-                self.selection.consume_fp32(scores.numpy(), a, c0)
-            del scores
+            consume_scores(self.selection, self.x_low[a:a + step], cols_low, self.score_bytes, a, c0)
         self.selection.rerank(self.x.numpy(), x_cols.numpy(), c0)
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:

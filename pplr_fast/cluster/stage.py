@@ -27,7 +27,7 @@ from pplr_fast.utils.timing import StageClock
 
 from .api import (cross_agreement_from_neighbours, dbscan, jaccard_from_neighbours,
                   nearest_neighbours)
-from .checks import ClusterInputError, check_jaccard_args, check_k, check_part_features
+from .checks import check_part_features, check_stage_args
 from .common import reference_dense_bytes
 
 STAGES = ("knn_global", "knn_parts", "encoding", "jaccard", "dbscan", "cross_agreement")
@@ -64,11 +64,7 @@ def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: i
             reference, saying so once, where its kernels are unavailable).
     """
     check_part_features(x_g, x_p)
-    check_jaccard_args(k1, k2, None, n=x_g.shape[0])
-    check_k("k", k)
-    check_k("min_samples", min_samples)
-    if not 0 < eps < 1:
-        raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
+    check_stage_args(x_g.shape[0], eps=eps, k1=k1, k2=k2, min_samples=min_samples, k=k)
     chosen = resolve_backend(backend, x_g.device, "cluster stage")
     n = x_g.shape[0]
     if chosen == "reference":
