@@ -94,7 +94,8 @@ def test_one_backend_vocabulary():
 def test_fallback_warns_once_and_runs_the_reference(monkeypatch):
     """A missing CPU kernel: one warning naming it and the fix, then the reference path."""
     monkeypatch.setattr(backend, "_warned", set())
-    monkeypatch.setattr(backend, "CPU_MODULES", ("pplr_fast._no_such_kernel",))
+    monkeypatch.setitem(backend.OP_MODULES, "jaccard",
+                        {"cpu": ("pplr_fast._no_such_kernel",), "cuda": ("triton",)})
     x = normalize(torch.randn(30, 4, generator=torch.Generator().manual_seed(1)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
