@@ -47,6 +47,10 @@ ALLOWED = {
     "pplr_fast.cluster.fast_cpu": LEAVES | UTILS | CPU_KERNELS,
     "pplr_fast.cluster.fast_cuda": LEAVES | UTILS | {"pplr_fast.kernels.", "pplr_fast.gpu_fallback",
                                                      "pplr_fast.cluster.dbscan_propagation"},
+    # the distributed stage's row blocks: the fast CPU path's kernels for rows [r0, r1)
+    "pplr_fast.cluster.row_blocks": LEAVES | UTILS | CPU_KERNELS | {"pplr_fast.cluster.fast_cpu",
+                                                                    "pplr_fast.backend",
+                                                                    "pplr_fast.utils.distinct_rows"},
     # the GPU DBSCAN's stand-in when CuPy cannot run: plain torch ops on any device
     "pplr_fast.cluster.dbscan_propagation": {"pplr_fast.cluster.checks"},
 }

@@ -92,7 +92,7 @@ import torch.distributed as dist
 
 from pplr_fast.utils.timing import StageClock
 
-from . import api
+from . import api, row_blocks
 from .checks import ClusterInputError, check_part_features, check_stage_args
 from .sparse_distance import SparseDistance
 from .stage import STAGES, ClusterStageResult
@@ -304,7 +304,7 @@ def _strip_neighbours(ranks: _Ranks, x: torch.Tensor, k: int, bounds: list[int]
     """Index rows (B_r, min(k, N)) of this rank's block, from the shared strips."""
     n = x.shape[0]
     with ranks.local("the kNN strips"):
-        strips = api.neighbour_strips(x, k)
+        strips = row_blocks.neighbour_strips(x, k)
         for s0, s1 in strips_of(ranks.rank, ranks.world, n):
             strips.add_strip(s0, s1)
         taken = [strips.take_rows(bounds[s], bounds[s + 1]) if s != ranks.rank else None
@@ -329,7 +329,7 @@ def _ring_neighbours(ranks: _Ranks, x_block: torch.Tensor, k: int, bounds: list[
     """Index rows (B_r, min(k, N)) of this rank's block, every block visiting in the ring."""
     counts = [bounds[s + 1] - bounds[s] for s in range(ranks.world)]
     with ranks.local("the kNN of the block"):
-        selection = api.ring_neighbours(x_block, k, bounds[-1], maxima)
+        selection = row_blocks.ring_neighbours(x_block, k, bounds[-1], maxima)
     for owner, visiting in ranks.ring(x_block, counts):
         with ranks.local(f"the kNN ring, step {(ranks.rank - owner) % ranks.world + 1} "
                          f"of {ranks.world}"):
@@ -345,7 +345,7 @@ def _block_neighbours(ranks: _Ranks, x: torch.Tensor, k: int, bounds: list[int],
         return _strip_neighbours(ranks, x, k, bounds)
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
     with ranks.local("the kNN of the block"):
-        index = api.nearest_neighbours_of_rows(x, k, r0, r1)[1]
+        index = row_blocks.nearest_neighbours_of_rows(x, k, r0, r1)[1]
     return index
 
 
@@ -465,7 +465,7 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                 check_part_features(x_g, x_p)
             check_stage_args(n, eps=eps, k1=k1, k2=k2, min_samples=min_samples, k=k)
             chosen = api.resolve_backend(backend, device, "cluster stage")
-            strips = api.splits_rows(chosen, device)
+            strips = row_blocks.splits_rows(chosen, device)
             if ring and not strips:
                 raise ClusterInputError(
                     f"features='ring' needs the fast CPU path (backend='fast', CPU tensors), "
@@ -473,7 +473,8 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
             if ring:      # each space's (M, rho_max) of this block, for the kNN error bound
                 x_g = x_g.float().contiguous()
                 spaces = [x_g] + [x_p[:, :, p].float().contiguous() for p in range(x_p.shape[2])]
-                maxima = torch.tensor([api.ring_maxima(x) for x in spaces], dtype=torch.float64)
+                maxima = torch.tensor([row_blocks.ring_maxima(x) for x in spaces],
+                                      dtype=torch.float64)
         if ring:
             maxima = ranks.all_reduce_max(maxima).tolist()
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
@@ -510,7 +511,7 @@ def _ring_encoding(ranks: _Ranks, x_block, rank_all, bounds, k1, k2):
     (``all_gather``, O(N·k)) for the query expansion."""
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
     with ranks.local("the encoding sets of the block"):
-        crow, col = api.expansion_sets(rank_all, k1, r0, r1)
+        crow, col = row_blocks.expansion_sets(rank_all, k1, r0, r1)
         row_of = np.repeat(np.arange(r1 - r0, dtype=np.int64), np.diff(crow))
         owner = np.searchsorted(np.asarray(bounds[1:]), col, side="right")
         order = np.argsort(owner, kind="stable")
@@ -521,13 +522,13 @@ def _ring_encoding(ranks: _Ranks, x_block, rank_all, bounds, k1, k2):
         with ranks.local(f"the encoding ring, step {(ranks.rank - s) % ranks.world + 1} "
                          f"of {ranks.world}"):
             pairs = order[first[s]:first[s + 1]]
-            dist[pairs] = api.pair_distances(x_block, row_of[pairs], visiting,
+            dist[pairs] = row_blocks.pair_distances(x_block, row_of[pairs], visiting,
                                              col[pairs] - bounds[s])
     with ranks.local("the encoding of the block"):
-        v_block = (crow, col, api.weigh_rows(crow, dist))
+        v_block = (crow, col, row_blocks.weigh_rows(crow, dist))
     v_all = tuple(t.numpy() for t in _gather_csr(ranks, *v_block, everywhere=True))
     with ranks.local("the encoding of the block"):
-        return api.expand_rows(v_all, rank_all, k1, k2, r0, r1)
+        return row_blocks.expand_rows(v_all, rank_all, k1, k2, r0, r1)
 
 
 def _split_rest(ranks: _Ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps, k1, k2,
@@ -543,11 +544,11 @@ def _split_rest(ranks: _Ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps
             encoding = _ring_encoding(ranks, x_g, rank_all, bounds, k1, k2)
         else:
             with ranks.local("the encoding of the block"):
-                encoding = api.encode_rows(x_g, rank_all, k1, k2, r0, r1)
+                encoding = row_blocks.encode_rows(x_g, rank_all, k1, k2, r0, r1)
         encoding = _gather_csr(ranks, *encoding, everywhere=True)
     with ranks.stage("jaccard"):
         with ranks.local("the Jaccard rows of the block"):
-            pairs = api.jaccard_rows(tuple(t.numpy() for t in encoding), r0, r1, eps)
+            pairs = row_blocks.jaccard_rows(tuple(t.numpy() for t in encoding), r0, r1, eps)
         del encoding
         graph = _gather_csr(ranks, *pairs, everywhere=dbscan_on == "every")
     with ranks.stage("dbscan"):
@@ -560,7 +561,7 @@ def _split_rest(ranks: _Ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps
                                      else torch.empty(n, dtype=torch.int64))
     with ranks.stage("cross_agreement"):
         with ranks.local("the cross-agreement of the block"):
-            block_scores = api.cross_agreement_of_rows(rank_block, ranks_p_block, k, r0, n)
+            block_scores = row_blocks.cross_agreement_of_rows(rank_block, ranks_p_block, k, r0, n)
         scores = ranks.all_gather_rows(block_scores, counts)
     return labels, scores
 
