@@ -6,7 +6,7 @@ The results equal the reference path's (``reference.py``); the public entry
 points with input checks and backend choice are in ``api.py``.
 
 kNN: exact, from a low-precision GEMM filter and an fp64 re-rank. A bf16 GEMM
-(oneDNN/MKL; on CPUs with native bf16 much faster than fp32, see ``benchmarks/results/``) over the upper
+(oneDNN/MKL; faster than fp32 on CPUs with native bf16, ``benchmarks/results/``) over the upper
 triangle only — each block of scores serves its rows and, transposed, its
 columns — is streamed into the C++ selection of ``csrc/cpu/knn_cpu.cpp`` (a
 running top-k threshold per row and the columns that can still reach it under
