@@ -3,7 +3,8 @@
 ``knn_topk(x, k)`` returns, for every row of the L2-normalised ``x`` (N, D),
 its k nearest rows (itself included) by the fp64 distance
 ``d(i, j) = 2 - 2 <x_i, x_j>`` of ``pair_distance.py``, sorted by
-``(d, index)``: the contract and tie rule of ``pplr_fast.cluster.knn``.
+``(d, index)``: the contract and tie rule of ``pplr_fast.cluster.nearest_neighbours``
+(``pplr_fast/cluster/reference.py`` is the definition).
 
 Filter (``_knn_filter_kernel``, one program per BLOCK_M rows). The program
 streams every column tile of the fp16 copy x~ through ``tl.dot`` (fp32
@@ -80,6 +81,7 @@ import triton.language as tl
 
 from pplr_fast.kernels import LAUNCH
 from pplr_fast.kernels.pair_distance import pair_sq_distance
+from pplr_fast.utils.memory import available_memory
 
 ACCUMULATE_ROUNDOFF = 2.0 ** -22   # tensor-core fp32 accumulation (not round-to-nearest)
 BLOCK_M = 64                       # rows per filter program
@@ -198,16 +200,10 @@ def list_capacity(k: int) -> int:
     return max(4 * BLOCK_N, triton.next_power_of_2(2 * k + BLOCK_N))
 
 
-def free_bytes(device: torch.device) -> int:
-    """Bytes free on ``device`` (a CUDA device), or LIST_BYTES * 4 elsewhere."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return LIST_BYTES * 4
-
-
 def rows_per_launch(n: int, cap: int, device: torch.device) -> int:
     """Rows (a multiple of BLOCK_M) whose candidate lists one filter launch holds."""
-    fit = min(LIST_BYTES, free_bytes(device) // 4) // (8 * cap)
+    free = available_memory(device) if device.type == "cuda" else LIST_BYTES * 4
+    fit = min(LIST_BYTES, free // 4) // (8 * cap)
     return max(BLOCK_M, min(triton.cdiv(n, BLOCK_M) * BLOCK_M, fit // BLOCK_M * BLOCK_M))
 
 

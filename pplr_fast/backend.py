@@ -22,10 +22,26 @@ import torch
 BACKENDS = ("reference", "fast")
 DEFAULT_BACKEND = "fast"
 
-# The compiled CPU kernels each op needs (the losses need none: torch.compile).
+TRITON = "triton"
+
+# The one table of ops: op -> the modules its fast path needs, on a CPU (the compiled
+# kernels of csrc/cpu) and on a GPU (Triton; the GPU DBSCAN needs no CuPy, see
+# ``fast_cuda.dbscan``). An op that computes kNN lists from features needs ``_knn`` too.
+# The classification loss needs nothing compiled on a CPU (torch.compile of its twin).
+# Adding an op: one row here (docs/architecture.md walks through the rest).
+OP_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
+    "knn": {"cpu": ("pplr_fast._knn",), "cuda": (TRITON,)},
+    "jaccard": {"cpu": ("pplr_fast._knn", "pplr_fast._jaccard"), "cuda": (TRITON,)},
+    "dbscan": {"cpu": ("pplr_fast._dbscan",), "cuda": (TRITON,)},
+    "cross_agreement": {"cpu": ("pplr_fast._knn", "pplr_fast._cross_agreement"),
+                        "cuda": (TRITON,)},
+    "cluster stage": {"cpu": ("pplr_fast._knn", "pplr_fast._jaccard", "pplr_fast._dbscan",
+                              "pplr_fast._cross_agreement"), "cuda": (TRITON,)},
+    "rerank": {"cpu": ("pplr_fast._rerank",), "cuda": (TRITON,)},
+    "classification_loss": {"cpu": (), "cuda": (TRITON,)},
+}
+# the clustering ops: each is a function of every path module (cluster/ops.py)
 CLUSTER_OPS = ("knn", "jaccard", "dbscan", "cross_agreement", "cluster stage")
-CPU_MODULES = ("pplr_fast._knn", "pplr_fast._jaccard", "pplr_fast._dbscan",
-               "pplr_fast._cross_agreement")
 
 _warned: set[str] = set()
 
@@ -43,10 +59,16 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def _modules_of(op: str, device_type: str) -> tuple[str, ...]:
+    if op not in OP_MODULES:
+        raise ValueError(f"unknown op {op!r}: pplr_fast.backend.OP_MODULES lists {sorted(OP_MODULES)}")
+    return OP_MODULES[op][device_type]
+
+
 def _missing_cpu_kernels(op: str) -> str | None:
-    if op not in CLUSTER_OPS:
-        return None
-    for name in CPU_MODULES:
+    """Why the fast CPU path of ``op`` cannot run here (the first of its compiled modules
+    that does not import), or None."""
+    for name in _modules_of(op, "cpu"):
         try:
             importlib.import_module(name)
         except ImportError as err:
@@ -57,19 +79,23 @@ def _missing_cpu_kernels(op: str) -> str | None:
 def _missing_gpu_kernels(op: str) -> str | None:
     """Why the fast GPU path of ``op`` cannot run here, or None. (DBSCAN needs no CuPy:
     without it, label propagation in torch ops runs instead, see ``fast_cuda.dbscan``.)"""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "triton is not installed (pip install triton, or pip install -e '.[gpu-cuda12]')"
+    for name in _modules_of(op, "cuda"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            if name == TRITON:
+                return "triton is not installed (pip install triton, or pip install -e '.[gpu-cuda12]')"
+            return f"{name} does not import"
     return None
 
 
 def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     """Return the implementation that will run ``op`` on ``device``.
 
-    ``op`` names what runs (``"knn"``, ``"jaccard"``, ``"dbscan"``,
-    ``"cross_agreement"``, ``"cluster stage"``, ``"classification_loss"``);
-    it decides which fast pieces must be present, and keys the warning.
+    ``op`` names what runs, a key of :data:`OP_MODULES` (``"knn"``, ``"jaccard"``,
+    ``"dbscan"``, ``"cross_agreement"``, ``"cluster stage"``, ``"rerank"``,
+    ``"classification_loss"``); its row says which fast pieces must be present,
+    and it keys the warning.
     """
     check_backend(backend)
     if backend == "reference":

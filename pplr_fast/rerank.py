@@ -53,8 +53,6 @@ copied function silently squares again), raise a SquaredDistanceWarning
 """
 from __future__ import annotations
 
-import operator
-import os
 import time
 import warnings
 
@@ -62,46 +60,22 @@ import numpy as np
 import torch
 
 from pplr_fast.cluster import jaccard_distance
-from pplr_fast.cluster.checks import check_enough_images
+from pplr_fast.cluster.checks import check_enough_images, check_k
 from pplr_fast.utils.distinct_rows import DistinctRows, tied_matmul
+from pplr_fast.utils.memory import available_memory, ensure_fits
+from pplr_fast.utils.timing import StageClock
 
 __all__ = ["compute_jaccard_distance", "re_ranking", "re_rank_features", "SquaredDistanceWarning"]
 
-GIB = 1024 ** 3
-EUCLIDEAN_TEST_IMAGES = 256     # images whose distances the Euclidean test reads (10 ms)
+EUCLIDEAN_TEST_IMAGES = 256     # images whose distances the Euclidean test reads
 CHUNK_BYTES = 256 * 1024 ** 2   # a block of D rows (or of the feature GEMM) held at once
 SPARSE_HINT = ("use pplr_fast.cluster.jaccard_distance(features, k1, k2), which returns a sparse "
                "matrix in O(N·k) memory (pplr_fast.cluster.dbscan takes it directly)")
 
 
-# --------------------------------------------------------------------------- memory guard
-
-def available_memory(device: torch.device | str = "cpu") -> int:
-    """Bytes a new allocation can use now; ``PPLR_FAST_MEMORY_LIMIT_GIB`` caps it."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        measured = int(torch.cuda.mem_get_info(device)[0])
-    else:
-        measured = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        try:
-            with open("/proc/meminfo") as meminfo:
-                for line in meminfo:
-                    if line.startswith("MemAvailable:"):
-                        measured = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
-    limit = os.environ.get("PPLR_FAST_MEMORY_LIMIT_GIB")
-    return measured if not limit else min(measured, int(float(limit) * GIB))
-
-
-def refuse_unless_fits(nbytes: int, what: str, hint: str, device: torch.device | str = "cpu") -> None:
-    """Raise ``MemoryError`` with the estimate when ``nbytes`` would not fit."""
-    available = available_memory(device)
-    if nbytes > 0.9 * available:
-        raise MemoryError(f"refused: {what} needs about {nbytes / GIB:.1f} GiB but only "
-                          f"{available / GIB:.1f} GiB is available; {hint}")
-
+# --------------------------------------------------------------------------- memory estimate
+# (the guard is pplr_fast.utils.memory.ensure_fits; available_memory, imported above, stays
+# importable from here: benchmarks/rerank.py reads it)
 
 def sparse_bytes(n: int, k1: int, k2: int) -> int:
     """A generous estimate of the sparse intermediates of re-ranking n images."""
@@ -110,38 +84,16 @@ def sparse_bytes(n: int, k1: int, k2: int) -> int:
     return ranks + expanded
 
 
-class StageClock:
-    """Adds the seconds since the previous call to ``timings[name]`` (no-op when timings is None)."""
-
-    def __init__(self, timings: dict | None):
-        self.timings = timings
-        self.last = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        if self.timings is not None:
-            now = time.perf_counter()
-            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
-            self.last = now
-
-
 # --------------------------------------------------------------------------- argument checks
 
 def check_parameters(k1, k2, lambda_value) -> tuple[int, int, float]:
     """``(k1, k2, lambda)`` as Python numbers, or a ValueError naming the bad one."""
-    values = []
-    for name, k in (("k1", k1), ("k2", k2)):
-        try:
-            value = None if isinstance(k, bool) else operator.index(k)
-        except TypeError:
-            value = None
-        if value is None or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {k!r}")
-        values.append(value)
+    k1, k2 = check_k("k1", k1, integer_like=True), check_k("k2", k2, integer_like=True)
     lam = float(lambda_value)
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda_value must lie in [0, 1] (weight of the original distance), "
                          f"got {lambda_value!r}")
-    return values[0], values[1], lam
+    return k1, k2, lam
 
 
 def _as_block(block, name: str) -> np.ndarray:
@@ -314,7 +266,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
         (Q, G) float32 re-ranked distances: a numpy array, or a torch tensor
         on q_g_dist's device when q_g_dist is a tensor.
     """
-    clock = StageClock(timings)
+    clock = StageClock(timings=timings)     # laps, the device not synchronised
     k1, k2, lam = check_parameters(k1, k2, lambda_value)
     as_tensor = isinstance(q_g_dist, torch.Tensor)
     blocks = (q_g_dist, q_q_dist, g_g_dist)
@@ -330,10 +282,11 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
     q, g = _check_shapes(q_g, q_q, g_g)
     n = q + g
     check_enough_images(n, k1)
-    refuse_unless_fits(4 * q * g + sparse_bytes(n, k1, k2),
-                       f"re-ranking {q} queries against {g} gallery images (the ({q}, {g}) "
-                       "float32 result and the sparse ranks)",
-                       "re-rank the queries in smaller batches (each batch with the full gallery)")
+    ensure_fits(4 * q * g + sparse_bytes(n, k1, k2), "cpu",
+                f"re-ranking {q} queries against {g} gallery images (the ({q}, {g}) "
+                "float32 result and the sparse ranks)",
+                "re-rank the queries in smaller batches (each batch with the full gallery)",
+                name_device=False)
     from pplr_fast import _rerank
     K = min(n, max(k1 + 1, k2))
     # D rows of the queries: [column i of q_q, row i of q_g]; of gallery image
@@ -348,18 +301,18 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
         _warn_unless_euclidean(q_g, q_q, g_g, tolerance, stacklevel=3)
     rank = np.concatenate([rank_q, rank_g])
     rowmax = np.concatenate([max_q, max_g])
-    clock("ranks")
+    clock.lap("ranks")
 
     def entry_values(rows, cols):
         values = _block_matrix_entries(q_q, q_g, g_g, q, cols, rows)
         return _squared_float32(values) if square else values.astype(np.float32)
 
     crow, col, v = _encode(rank, entry_values, rowmax, k1)
-    clock("encoding")
+    clock.lap("encoding")
     out = np.empty((q, g), dtype=np.float32)
     _rerank.overlap_combine(crow, col, v, rank, _expansion_length(k2, K), q_g, square, max_q, lam,
                             out)
-    clock("jaccard + output")
+    clock.lap("jaccard + output")
     return torch.from_numpy(out) if as_tensor else out
 
 
@@ -456,9 +409,9 @@ def _re_ranking_torch(q_g, q_q, g_g, k1: int, k2: int, lam: float, *, squared: b
     q, g = _check_shapes(q_g, q_q, g_g)
     n, device = q + g, q_g.device
     check_enough_images(n, k1)
-    refuse_unless_fits(4 * q * g + sparse_bytes(n, k1, k2) + CHUNK_BYTES,
-                       f"re-ranking {q} queries against {g} gallery "
-                       "images on the GPU", "re-rank the queries in smaller batches", device)
+    ensure_fits(4 * q * g + sparse_bytes(n, k1, k2) + CHUNK_BYTES, device,
+                f"re-ranking {q} queries against {g} gallery images on the GPU",
+                "re-rank the queries in smaller batches", name_device=False)
     K = min(n, max(k1 + 1, k2))
     square = not squared
     rank_q, max_q, bad_q, zero_q = _rank_rows_torch(
@@ -517,7 +470,7 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
         (Q, G) float32 re-ranked distances: a torch tensor on query's device
         when query is a tensor, else a numpy array.
     """
-    clock = StageClock(timings)
+    clock = StageClock(timings=timings)     # laps, the device not synchronised
     k1, k2, lam = check_parameters(k1, k2, lambda_value)
     as_tensor = isinstance(query, torch.Tensor)
     qx, gx = _as_features(query, "query"), _as_features(gallery, "gallery")
@@ -532,11 +485,11 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
     q, n = qx.shape[0], x.shape[0]
     g = n - q
     check_enough_images(n, k1)
-    refuse_unless_fits(4 * q * g + sparse_bytes(n, k1, k2) + CHUNK_BYTES,
-                       f"re-ranking {q} queries against {g} gallery images (the ({q}, {g}) "
-                       "float32 result, a block of distances and the sparse ranks)",
-                       "re-rank the queries in smaller batches (each batch with the full gallery)",
-                       device)
+    ensure_fits(4 * q * g + sparse_bytes(n, k1, k2) + CHUNK_BYTES, device,
+                f"re-ranking {q} queries against {g} gallery images (the ({q}, {g}) "
+                "float32 result, a block of distances and the sparse ranks)",
+                "re-rank the queries in smaller batches (each batch with the full gallery)",
+                name_device=False)
     if x.is_cuda:
         result = _re_rank_features_device(x, q, k1, k2, lam)
         return result if as_tensor else result.cpu().numpy()
@@ -554,18 +507,18 @@ def re_rank_features(query, gallery, k1: int = 20, k2: int = 6, lambda_value: fl
             rank[r0:r1], rowmax[r0:r1], _, zero = _rerank.rank_rows(
                 block(r0, r1).numpy(), False, None, False, K, False)
             _raise_row_problems(-1, r0 + zero if zero >= 0 else -1, q, "features")
-    clock("distances + ranks")
+    clock.lap("distances + ranks")
     xs = x.numpy()
 
     def entry_values(rows, cols):
         return _rerank.pair_sq_distance(xs, rows, cols).astype(np.float32)
 
     crow, col, v = _encode(rank, entry_values, rowmax, k1)
-    clock("encoding")
+    clock.lap("encoding")
     result = out.numpy()
     _rerank.overlap_combine(crow, col, v, rank, _expansion_length(k2, K), result, False, rowmax[:q],
                             lam, result)
-    clock("jaccard + output")
+    clock.lap("jaccard + output")
     return out if as_tensor else result
 
 
@@ -650,8 +603,9 @@ def compute_jaccard_distance(target_features, k1: int = 20, k2: int = 6, print_f
     if n:
         check_enough_images(n, k1)
     dtype = np.float16 if use_float16 else np.float32
-    refuse_unless_fits(np.dtype(dtype).itemsize * n * n + sparse_bytes(n, k1, k2),
-                       f"a dense {n} x {n} {np.dtype(dtype).name} Jaccard matrix", SPARSE_HINT)
+    ensure_fits(np.dtype(dtype).itemsize * n * n + sparse_bytes(n, k1, k2), "cpu",
+                f"a dense {n} x {n} {np.dtype(dtype).name} Jaccard matrix", SPARSE_HINT,
+                name_device=False)
     sparse = jaccard_distance(x, k1=k1, k2=min(k2, k1), backend="fast").to("cpu")
     dense = np.ones((n, n), dtype=dtype)
     dense[sparse.rows().numpy(), sparse.col.numpy()] = sparse.val.clamp(min=0).numpy().astype(dtype)

@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from pplr_fast.cluster import distributed_stage, fast_cpu
+from pplr_fast.cluster import distributed_stage, row_blocks
 from pplr_fast.cluster.distributed_stage import DistributedStageError, run_distributed_cluster_stage
 
 
@@ -68,10 +68,10 @@ def main() -> None:
             if args.fail == "exit":
                 os._exit(3)
             raise RuntimeError("injected failure")
-        distributed_stage.api.encode_rows = broken
-        distributed_stage.api.expand_rows = broken
+        distributed_stage.row_blocks.encode_rows = broken
+        distributed_stage.row_blocks.expand_rows = broken
     if args.fail in ("ring", "ring-exit") and args.rank == args.fail_rank:
-        visit, visits = fast_cpu.RingNeighbours.visit, []
+        visit, visits = row_blocks.RingNeighbours.visit, []
 
         def broken_visit(self, x_cols, c0):
             visits.append(c0)
@@ -80,7 +80,7 @@ def main() -> None:
                     os._exit(3)
                 raise RuntimeError("injected failure in the ring")
             return visit(self, x_cols, c0)
-        fast_cpu.RingNeighbours.visit = broken_visit
+        row_blocks.RingNeighbours.visit = broken_visit
     if args.forbid_feature_gather:
         forbid_feature_gather(x_g.shape[1], max(job["counts"]))
     try:

@@ -10,10 +10,11 @@ import torch
 
 from cluster_oracles import normalize
 from pplr_fast import backend
-from pplr_fast.cluster import (ClusterInputError, checks, cross_agreement,
+from pplr_fast.cluster import (ClusterInputError, cross_agreement,
                                cross_agreement_from_neighbours, dbscan, jaccard_distance,
                                jaccard_from_neighbours, nearest_neighbours)
 from pplr_fast.cluster.stage import run_cluster_stage
+from pplr_fast.utils import memory
 
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -67,7 +68,7 @@ def test_bad_neighbour_lists_name_the_problem(backend_name):
 
 
 def test_reference_refuses_what_does_not_fit(monkeypatch):
-    monkeypatch.setattr(checks, "available_memory", lambda device: 2 ** 20)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2 ** 20)
     x = normalize(torch.randn(600, 4))
     with pytest.raises(MemoryError, match=r"needs about .* GiB .* backend='fast'"):
         jaccard_distance(x, 5, 2, backend="reference")
@@ -93,7 +94,8 @@ def test_one_backend_vocabulary():
 def test_fallback_warns_once_and_runs_the_reference(monkeypatch):
     """A missing CPU kernel: one warning naming it and the fix, then the reference path."""
     monkeypatch.setattr(backend, "_warned", set())
-    monkeypatch.setattr(backend, "CPU_MODULES", ("pplr_fast._no_such_kernel",))
+    monkeypatch.setitem(backend.OP_MODULES, "jaccard",
+                        {"cpu": ("pplr_fast._no_such_kernel",), "cuda": ("triton",)})
     x = normalize(torch.randn(30, 4, generator=torch.Generator().manual_seed(1)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -174,7 +176,7 @@ def test_memory_refusals_state_the_dense_matrices_they_need(monkeypatch):
     the sort's chunk buffers (at most 3 x 256 MiB): the refusal states that size."""
     n = 20000
     x = normalize(torch.randn(n, 4, generator=torch.Generator().manual_seed(4)))
-    monkeypatch.setattr(checks, "available_memory", lambda device: 2 ** 30)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2 ** 30)
     with pytest.raises(MemoryError) as err:
         jaccard_distance(x, 5, 2, backend="reference")
     needs = float(re.search(r"needs about ([0-9.]+) GiB", str(err.value)).group(1))
@@ -189,12 +191,12 @@ def test_memory_refusals_state_the_dense_matrices_they_need(monkeypatch):
 def test_memory_guard_keeps_a_tenth_free_and_obeys_the_limit_variable(monkeypatch):
     """ensure_fits refuses what would use more than 90% of the available memory, and
     PPLR_FAST_MEMORY_LIMIT_GIB caps what counts as available."""
-    monkeypatch.setattr(checks, "_measured_memory", lambda device: 1000 * 2 ** 20)
+    monkeypatch.setattr(memory, "measured_memory", lambda device: 1000 * 2 ** 20)
     cpu = torch.device("cpu")
-    checks.ensure_fits(899 * 2 ** 20, cpu, "a test allocation", "a hint")
+    memory.ensure_fits(899 * 2 ** 20, cpu, "a test allocation", "a hint")
     with pytest.raises(MemoryError, match="refused: a test allocation needs about .*; a hint"):
-        checks.ensure_fits(901 * 2 ** 20, cpu, "a test allocation", "a hint")
+        memory.ensure_fits(901 * 2 ** 20, cpu, "a test allocation", "a hint")
     monkeypatch.setenv("PPLR_FAST_MEMORY_LIMIT_GIB", "0.5")
-    assert checks.available_memory(cpu) == 2 ** 29
+    assert memory.available_memory(cpu) == 2 ** 29
     with pytest.raises(MemoryError, match="only 0.5 GiB is available"):
-        checks.ensure_fits(2 ** 29, cpu, "a test allocation", "a hint")
+        memory.ensure_fits(2 ** 29, cpu, "a test allocation", "a hint")

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pplr_fast.cluster import fast_cpu, run_cluster_stage
+from pplr_fast.cluster import fast_cpu, row_blocks, run_cluster_stage
 from pplr_fast.cluster.distributed_stage import block_bounds, strips_of
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_stage_worker.py")
@@ -185,11 +185,11 @@ def test_ring_kernels_equal_the_one_process_kernels(monkeypatch, precision):
         x, x_p = with_duplicates(x, x_p, [397, 398, 399, 400, 401, 402, 5])
         bounds = block_bounds(counts)
         blocks = [x[bounds[s]:bounds[s + 1]] for s in range(len(counts))]
-        maxima = [fast_cpu.ring_maxima(b) for b in blocks]
+        maxima = [row_blocks.ring_maxima(b) for b in blocks]
         maxima = (max(m for m, _ in maxima), max(r for _, r in maxima))
         dist, index = fast_cpu.nearest_neighbours(x, k)
         for r, block in enumerate(blocks):
-            ring = fast_cpu.RingNeighbours(block, k, n, maxima)
+            ring = row_blocks.RingNeighbours(block, k, n, maxima)
             for t in range(len(counts)):
                 s = (r - t) % len(counts)
                 ring.visit(blocks[s], bounds[s])
@@ -202,15 +202,15 @@ def test_ring_kernels_equal_the_one_process_kernels(monkeypatch, precision):
     whole = fast_cpu.encode(x, rank, 30, 6)
     rows = []
     for r, block in enumerate(blocks):
-        crow, col = fast_cpu.expansion_sets(rank, 30, bounds[r], bounds[r + 1])
+        crow, col = row_blocks.expansion_sets(rank, 30, bounds[r], bounds[r + 1])
         row_of = torch.arange(counts[r]).repeat_interleave(torch.from_numpy(crow).diff()).numpy()
-        d = fast_cpu.pair_distances(block, row_of, x, col)
-        rows.append((crow, col, fast_cpu.weigh_rows(crow, d)))
+        d = row_blocks.pair_distances(block, row_of, x, col)
+        rows.append((crow, col, row_blocks.weigh_rows(crow, d)))
     v_crow = torch.cat([torch.zeros(1, dtype=torch.int64)]
                        + [torch.from_numpy(c).diff() for c, _, _ in rows]).cumsum(0).numpy()
     v = (v_crow, torch.cat([torch.from_numpy(c) for _, c, _ in rows]).numpy(),
          torch.cat([torch.from_numpy(w) for _, _, w in rows]).numpy())
-    parts = [fast_cpu.expand_rows(v, rank, 6, bounds[r], bounds[r + 1]) for r in range(3)]
+    parts = [row_blocks.expand_rows(v, rank, 30, 6, bounds[r], bounds[r + 1]) for r in range(3)]
     for got, want in zip((torch.cat([torch.from_numpy(p[1]) for p in parts]),
                           torch.cat([torch.from_numpy(p[2]) for p in parts])),
                          (torch.from_numpy(whole[1]), torch.from_numpy(whole[2]))):

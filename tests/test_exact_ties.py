@@ -159,10 +159,10 @@ def test_jaccard_of_copies(impl):
 
 def test_reference_knn_of_rows_ties_copies_across_blocks(monkeypatch):
     """The row-block kNN (GPU ranks, any device) splits the rows into GEMM blocks."""
-    from pplr_fast.cluster import api
-    monkeypatch.setattr(api, "block_rows", lambda n, b: 37)
+    from pplr_fast.cluster import row_blocks
+    monkeypatch.setattr(row_blocks, "block_rows", lambda n, b: 37)
     x = copies(611, 515, 2)
-    _, index = api.nearest_neighbours_of_rows(x, 25, 0, 611)
+    _, index = row_blocks.nearest_neighbours_of_rows(x, 25, 0, 611)
     assert index.tolist() == [row[:25] for row in oracle_lists(611, 515, 2)]
 
 

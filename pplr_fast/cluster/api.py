@@ -17,13 +17,11 @@ from __future__ import annotations
 import torch
 
 from pplr_fast.backend import DEFAULT_BACKEND, resolve_backend, warn_once
-from pplr_fast.utils.distinct_rows import DistinctRows
 
 from . import fast_cpu, reference
 from .checks import (ClusterInputError, check_features, check_jaccard_args, check_k,
                      check_neighbour_lists, check_part_features)
-from .common import (Timer, block_rows, ieee_matmul, no_timer, pairwise_sq_distance,
-                     sorted_neighbours)
+from .common import Timer, no_timer
 from .sparse_distance import SparseDistance
 
 
@@ -211,104 +209,3 @@ def cross_agreement_from_neighbours(rank_g: torch.Tensor, ranks_p: list[torch.Te
         check_neighbour_lists(rank_p, n, min(k + 1, n), rank_g.device, f"ranks_p[{p}]")
     implementation = _implementation(backend, rank_g.device, "cross_agreement")
     return implementation.cross_agreement_from_neighbours(rank_g, list(ranks_p), k)
-
-
-# ---------------------------------------------------------------- row blocks (distributed stage)
-# The pieces ``distributed_stage.py`` splits across ranks. Each gives, for a
-# block of rows, exactly the rows its whole-matrix twin above gives.
-def splits_rows(backend: str, device: torch.device) -> bool:
-    """Whether ``backend`` on ``device`` has the row-block kernels (the fast CPU path):
-    strips of the kNN, encoding and Jaccard rows, cross-agreement rows."""
-    return (device.type == "cpu"
-            and _implementation(backend, device, "cluster stage") is fast_cpu)
-
-
-def neighbour_strips(x: torch.Tensor, k: int) -> "fast_cpu.NeighbourStrips":
-    """The fast CPU kNN of ``x`` split into strips (:class:`fast_cpu.NeighbourStrips`)."""
-    check_features(x)
-    check_k("k", k)
-    return fast_cpu.NeighbourStrips(x, k)
-
-
-def nearest_neighbours_of_rows(x: torch.Tensor, k: int, r0: int, r1: int
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows [r0, r1) of :func:`nearest_neighbours`, on any device: fp64 distances of
-    the block to every row and a stable sort (the reference's ranking; no N x N array).
-    Exact copies among the columns get bit-equal distances in every row
-    (:func:`common.pairwise_sq_distance`), so they tie and are ordered by index."""
-    n = x.shape[0]
-    k = min(k, n)
-    dist = torch.empty(r1 - r0, k, dtype=torch.float64, device=x.device)
-    index = torch.empty(r1 - r0, k, dtype=torch.int64, device=x.device)
-    columns = DistinctRows.of(x)
-    step = block_rows(n, 8)
-    with ieee_matmul():
-        for b0 in range(r0, r1, step):
-            b1 = min(r1, b0 + step)
-            dist[b0 - r0:b1 - r0], index[b0 - r0:b1 - r0] = sorted_neighbours(
-                pairwise_sq_distance(x[b0:b1], x, rows_b=columns), k)
-    return dist, index
-
-
-def encode_rows(x: torch.Tensor, rank: torch.Tensor, k1: int, k2: int, r0: int, r1: int):
-    """Rows [r0, r1) of the fast path's V' (numpy CSR ``(crow, col, val)``) from the whole
-    kNN lists ``rank`` (N, >= min(k1, N))."""
-    n = x.shape[0]
-    check_neighbour_lists(rank, n, min(k1, n), x.device)
-    return fast_cpu.encode_rows(x, rank[:, :min(k1, n)], k1, k2, r0, r1)
-
-
-def jaccard_rows(encoding, r0: int, r1: int, max_distance: float | None):
-    """Rows [r0, r1) of the fast path's sparse Jaccard distances (numpy CSR), from the
-    whole V' (``encoding``: the rows of :func:`encode_rows` of every block, concatenated)."""
-    return fast_cpu.jaccard_rows(encoding, r0, r1, max_distance)
-
-
-def cross_agreement_of_rows(rank_g: torch.Tensor, ranks_p: list[torch.Tensor], k: int,
-                            first_row: int, n: int) -> torch.Tensor:
-    """Rows [first_row, first_row + len(rank_g)) of :func:`cross_agreement_from_neighbours`
-    of an N = ``n`` problem, from those rows' kNN lists."""
-    return fast_cpu.cross_agreement_of_rows(rank_g, ranks_p, k, first_row, n)
-
-
-# ---------------------------------------------------------------- the ring (distributed stage)
-# With features="ring" each rank holds only its block of the features; the
-# other blocks visit in turn. The same arithmetic as the entries above.
-def ring_maxima(x: torch.Tensor) -> tuple[float, float]:
-    """This block's (M, rho_max) of the fast kNN's error bound; the ring takes the largest."""
-    return fast_cpu.ring_maxima(x)
-
-
-def ring_neighbours(x: torch.Tensor, k: int, n: int, maxima: tuple[float, float]
-                    ) -> "fast_cpu.RingNeighbours":
-    """The fast CPU kNN of the block ``x`` against all ``n`` rows, the blocks visiting in
-    turn (:class:`fast_cpu.RingNeighbours`); ``maxima`` over all rows (:func:`ring_maxima`)."""
-    check_k("k", k)
-    return fast_cpu.RingNeighbours(x, k, n, maxima)
-
-
-def expansion_sets(rank: torch.Tensor, k1: int, r0: int, r1: int):
-    """E(i) of rows [r0, r1) (numpy CSR ``(crow, col)``) from the whole kNN lists
-    (N, >= min(k1, N)): the columns of the rows of V."""
-    n = rank.shape[0]
-    check_neighbour_lists(rank, n, min(k1, n), rank.device)
-    return fast_cpu.expansion_sets(rank[:, :min(k1, n)], k1, r0, r1)
-
-
-def pair_distances(x_a: torch.Tensor, i_a, x_b: torch.Tensor, i_b):
-    """fp64 distances of the rows ``x_a[i_a[t]]``, ``x_b[i_b[t]]`` (numpy), the numbers the
-    encoding computes."""
-    return fast_cpu.pair_distances(x_a, i_a, x_b, i_b)
-
-
-def weigh_rows(crow, dist):
-    """V's values of the rows with columns E(i) (CSR ``crow``) from their distances."""
-    return fast_cpu.weigh_rows(crow, dist)
-
-
-def expand_rows(v, rank: torch.Tensor, k1: int, k2: int, r0: int, r1: int):
-    """Rows [r0, r1) of :func:`encode_rows`' V' from the whole V (numpy CSR of N rows, the
-    :func:`weigh_rows` of every block) and the whole kNN lists."""
-    n = rank.shape[0]
-    check_neighbour_lists(rank, n, min(k1, n), rank.device)
-    return fast_cpu.expand_rows(v, rank[:, :min(k1, n)], k2, r0, r1)

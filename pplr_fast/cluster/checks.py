@@ -1,14 +1,16 @@
-"""Input validation and memory guards shared by the clustering-stage ops.
+"""Input validation shared by the clustering-stage ops.
 
-A leaf module: it imports nothing else of pplr_fast.
+A leaf module: it imports nothing else of pplr_fast but the memory probe, which it
+re-exports as ``available_memory`` (``benchmarks/cluster_stage.py`` reads it here);
+the memory guard itself is :func:`pplr_fast.utils.memory.ensure_fits`.
 """
 from __future__ import annotations
 
-import os
+import operator
 
 import torch
 
-GIB = 1024 ** 3
+from pplr_fast.utils.memory import available_memory  # noqa: F401  (re-export)
 
 
 class ClusterInputError(ValueError):
@@ -42,9 +44,29 @@ def check_features(x: torch.Tensor, name: str = "features") -> None:
             "call torch.nn.functional.normalize(x, dim=1) first")
 
 
-def check_k(name: str, k: int, minimum: int = 1) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < minimum:
+def check_k(name: str, k: int, minimum: int = 1, *, integer_like: bool = False) -> int:
+    """``k`` as an int >= ``minimum`` (never a bool), else a ClusterInputError naming it.
+    ``integer_like`` also takes what ``operator.index`` turns into an int (numpy integers)."""
+    value = k
+    if integer_like and not isinstance(k, bool):
+        try:
+            value = operator.index(k)
+        except TypeError:
+            pass
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ClusterInputError(f"{name} must be an integer >= {minimum}, got {k!r}")
+    return value
+
+
+def check_stage_args(n: int, *, eps: float, k1: int, k2: int, min_samples: int, k: int) -> None:
+    """The arguments of one clustering stage over ``n`` images (the features are checked
+    apart, by :func:`check_part_features`): Jaccard's k1, k2, cross-agreement's k and
+    DBSCAN's min_samples and eps."""
+    check_jaccard_args(k1, k2, None, n=n)
+    check_k("k", k)
+    check_k("min_samples", min_samples)
+    if not 0 < eps < 1:
+        raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
 
 
 def check_part_features(x_g: torch.Tensor, x_p: torch.Tensor) -> None:
@@ -117,40 +139,3 @@ def check_neighbour_lists(rank: torch.Tensor, n: int, columns: int, device: torc
     if lowest < 0 or highest >= n:
         raise ClusterInputError(f"{name} holds indices outside [0, {n}): it does not belong to "
                                 "these features")
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes that a new allocation on ``device`` can use right now.
-
-    ``PPLR_FAST_MEMORY_LIMIT_GIB`` caps it (e.g. to leave room for other jobs
-    on a shared machine, or to see a refusal without a big machine).
-    """
-    measured = _measured_memory(device)
-    limit = os.environ.get("PPLR_FAST_MEMORY_LIMIT_GIB")
-    return measured if not limit else min(measured, int(float(limit) * GIB))
-
-
-def _measured_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def ensure_fits(nbytes: int, device: torch.device, what: str, hint: str) -> None:
-    """Refuse, with an estimate, an allocation that would not fit in memory.
-
-    Raises ``MemoryError`` instead of letting the process be killed half-way.
-    """
-    avail = available_memory(device)
-    if nbytes > 0.9 * avail:
-        raise MemoryError(
-            f"refused: {what} needs about {nbytes / GIB:.1f} GiB but only "
-            f"{avail / GIB:.1f} GiB is available on {device}; {hint}")

@@ -40,12 +40,11 @@ parameters; all_gather/all_to_all of unequal pieces pad them to the longest):
    rank 0 with ``dbscan_on="one"``): N·(tens) (int64, float32) pairs.
 5. ``dbscan``: on the gathered graph, on every rank (default; no further
    collective) or on rank 0 with a ``broadcast`` of the N int64 labels
-   (``dbscan_on="one"``). Measured (``benchmarks/cluster_stage.py --ranks``,
-   N = 12,936, K = 2): DBSCAN takes ~10 ms either way; "every" has each rank
-   receive the 1.2 MiB graph, "one" has rank 0 receive it and rank 1 the
-   0.1 MiB of labels, so the busiest rank moves the same bytes, and "every"
-   saves the broadcast's extra round trip and keeps no rank waiting on
-   another: it is the default.
+   (``dbscan_on="one"``). "every" has each rank receive the graph, "one" has
+   rank 0 receive it and the others the labels, so the busiest rank moves the
+   same bytes; "every" saves the broadcast's extra round trip and keeps no rank
+   waiting on another: it is the default (the figures:
+   ``benchmarks/results/cluster_stage_ranks_cpu.md``).
 6. ``cross_agreement``: each rank scores its block from its own kNN rows;
    ``all_gather`` of B N_p float32 scores.
 
@@ -79,6 +78,11 @@ waiting in the next collective. A rank that dies outright makes the others'
 next collective fail (gloo: the connection drops) or time out after the
 process group's ``timeout`` (``init_process_group(timeout=...)``); that too
 is raised as :class:`DistributedStageError`.
+
+Names: "rank" is always a process (``ranks``, the process group helper); kNN
+lists are "lists" (``lists_block``: this block's rows, ``lists_all``: all N
+rows, ``part_lists_*`` for the part spaces). The row-block kernels are in
+``row_blocks.py``.
 """
 from __future__ import annotations
 
@@ -90,10 +94,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import api
-from .checks import ClusterInputError, check_jaccard_args, check_k, check_part_features
+from pplr_fast.utils.timing import StageClock
+
+from . import api, row_blocks
+from .checks import ClusterInputError, check_part_features, check_stage_args
 from .sparse_distance import SparseDistance
-from .stage import STAGES, ClusterStageResult, StageClock
+from .stage import STAGES, ClusterStageResult
 
 DBSCAN_ON = ("every", "one")
 FEATURES = ("gather", "ring")
@@ -302,7 +308,7 @@ def _strip_neighbours(ranks: _Ranks, x: torch.Tensor, k: int, bounds: list[int]
     """Index rows (B_r, min(k, N)) of this rank's block, from the shared strips."""
     n = x.shape[0]
     with ranks.local("the kNN strips"):
-        strips = api.neighbour_strips(x, k)
+        strips = row_blocks.neighbour_strips(x, k)
         for s0, s1 in strips_of(ranks.rank, ranks.world, n):
             strips.add_strip(s0, s1)
         taken = [strips.take_rows(bounds[s], bounds[s + 1]) if s != ranks.rank else None
@@ -327,7 +333,7 @@ def _ring_neighbours(ranks: _Ranks, x_block: torch.Tensor, k: int, bounds: list[
     """Index rows (B_r, min(k, N)) of this rank's block, every block visiting in the ring."""
     counts = [bounds[s + 1] - bounds[s] for s in range(ranks.world)]
     with ranks.local("the kNN of the block"):
-        selection = api.ring_neighbours(x_block, k, bounds[-1], maxima)
+        selection = row_blocks.ring_neighbours(x_block, k, bounds[-1], maxima)
     for owner, visiting in ranks.ring(x_block, counts):
         with ranks.local(f"the kNN ring, step {(ranks.rank - owner) % ranks.world + 1} "
                          f"of {ranks.world}"):
@@ -343,7 +349,7 @@ def _block_neighbours(ranks: _Ranks, x: torch.Tensor, k: int, bounds: list[int],
         return _strip_neighbours(ranks, x, k, bounds)
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
     with ranks.local("the kNN of the block"):
-        index = api.nearest_neighbours_of_rows(x, k, r0, r1)[1]
+        index = row_blocks.nearest_neighbours_of_rows(x, k, r0, r1)[1]
     return index
 
 
@@ -461,13 +467,9 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                                         "needs at least one image")
             if not ring or x_g.shape[0]:     # in the ring, this rank's block (if any)
                 check_part_features(x_g, x_p)
-            check_jaccard_args(k1, k2, None, n=n)
-            check_k("k", k)
-            check_k("min_samples", min_samples)
-            if not 0 < eps < 1:
-                raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
+            check_stage_args(n, eps=eps, k1=k1, k2=k2, min_samples=min_samples, k=k)
             chosen = api.resolve_backend(backend, device, "cluster stage")
-            strips = api.splits_rows(chosen, device)
+            strips = row_blocks.splits_rows(chosen, device)
             if ring and not strips:
                 raise ClusterInputError(
                     f"features='ring' needs the fast CPU path (backend='fast', CPU tensors), "
@@ -475,29 +477,30 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
             if ring:      # each space's (M, rho_max) of this block, for the kNN error bound
                 x_g = x_g.float().contiguous()
                 spaces = [x_g] + [x_p[:, :, p].float().contiguous() for p in range(x_p.shape[2])]
-                maxima = torch.tensor([api.ring_maxima(x) for x in spaces], dtype=torch.float64)
+                maxima = torch.tensor([row_blocks.ring_maxima(x) for x in spaces],
+                                      dtype=torch.float64)
         if ring:
             maxima = ranks.all_reduce_max(maxima).tolist()
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
 
     with ranks.stage("knn_global"):
         if ring:
-            rank_block = _ring_neighbours(ranks, spaces[0], max(k1, k + 1), bounds, maxima[0])
+            lists_block = _ring_neighbours(ranks, spaces[0], max(k1, k + 1), bounds, maxima[0])
         else:
-            rank_block = _block_neighbours(ranks, x_g, max(k1, k + 1), bounds, strips)
+            lists_block = _block_neighbours(ranks, x_g, max(k1, k + 1), bounds, strips)
     with ranks.stage("knn_parts"):
         if ring:
-            ranks_p_block = [_ring_neighbours(ranks, x, k + 1, bounds, m)
+            part_lists_block = [_ring_neighbours(ranks, x, k + 1, bounds, m)
                              for x, m in zip(spaces[1:], maxima[1:])]
             del spaces
         else:
-            ranks_p_block = [_block_neighbours(ranks, x_p[:, :, p].contiguous(), k + 1, bounds,
+            part_lists_block = [_block_neighbours(ranks, x_p[:, :, p].contiguous(), k + 1, bounds,
                                                strips) for p in range(x_p.shape[2])]
     if strips:
-        labels, scores = _split_rest(ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps, k1,
+        labels, scores = _split_rest(ranks, x_g, ring, lists_block, part_lists_block, bounds, eps, k1,
                                      k2, min_samples, k, dbscan_on)
     else:
-        labels, scores = _whole_rest(ranks, x_g, rank_block, ranks_p_block, counts, eps, k1, k2,
+        labels, scores = _whole_rest(ranks, x_g, lists_block, part_lists_block, counts, eps, k1, k2,
                                      min_samples, k, chosen)
     timings = {stage: ranks.timings.get(stage, 0.0) for stage in ("features", *STAGES)}
     timings["total"] = time.perf_counter() - start
@@ -506,13 +509,13 @@ def run_distributed_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: 
                                   sent_bytes=dict(ranks.sent))
 
 
-def _ring_encoding(ranks: _Ranks, x_block, rank_all, bounds, k1, k2):
+def _ring_encoding(ranks: _Ranks, x_block, lists_all, bounds, k1, k2):
     """This block's rows of V' with only the block's features: E(i) of its rows, the
     distances d(i, e) computed while e's block visits, V's rows, then all of V gathered
     (``all_gather``, O(N·k)) for the query expansion."""
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
     with ranks.local("the encoding sets of the block"):
-        crow, col = api.expansion_sets(rank_all, k1, r0, r1)
+        crow, col = row_blocks.expansion_sets(lists_all, k1, r0, r1)
         row_of = np.repeat(np.arange(r1 - r0, dtype=np.int64), np.diff(crow))
         owner = np.searchsorted(np.asarray(bounds[1:]), col, side="right")
         order = np.argsort(owner, kind="stable")
@@ -523,16 +526,16 @@ def _ring_encoding(ranks: _Ranks, x_block, rank_all, bounds, k1, k2):
         with ranks.local(f"the encoding ring, step {(ranks.rank - s) % ranks.world + 1} "
                          f"of {ranks.world}"):
             pairs = order[first[s]:first[s + 1]]
-            dist[pairs] = api.pair_distances(x_block, row_of[pairs], visiting,
+            dist[pairs] = row_blocks.pair_distances(x_block, row_of[pairs], visiting,
                                              col[pairs] - bounds[s])
     with ranks.local("the encoding of the block"):
-        v_block = (crow, col, api.weigh_rows(crow, dist))
+        v_block = (crow, col, row_blocks.weigh_rows(crow, dist))
     v_all = tuple(t.numpy() for t in _gather_csr(ranks, *v_block, everywhere=True))
     with ranks.local("the encoding of the block"):
-        return api.expand_rows(v_all, rank_all, k1, k2, r0, r1)
+        return row_blocks.expand_rows(v_all, lists_all, k1, k2, r0, r1)
 
 
-def _split_rest(ranks: _Ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps, k1, k2,
+def _split_rest(ranks: _Ranks, x_g, ring, lists_block, part_lists_block, bounds, eps, k1, k2,
                 min_samples, k, dbscan_on):
     """Steps 3-6 with the row-block kernels (fast CPU path); ``x_g`` is this rank's block
     with ``ring``, else the whole features."""
@@ -540,16 +543,16 @@ def _split_rest(ranks: _Ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps
     r0, r1 = bounds[ranks.rank], bounds[ranks.rank + 1]
     counts = [bounds[s + 1] - bounds[s] for s in range(ranks.world)]
     with ranks.stage("encoding"):
-        rank_all = ranks.all_gather_rows(rank_block[:, :min(k1, n)].contiguous(), counts)
+        lists_all = ranks.all_gather_rows(lists_block[:, :min(k1, n)].contiguous(), counts)
         if ring:
-            encoding = _ring_encoding(ranks, x_g, rank_all, bounds, k1, k2)
+            encoding = _ring_encoding(ranks, x_g, lists_all, bounds, k1, k2)
         else:
             with ranks.local("the encoding of the block"):
-                encoding = api.encode_rows(x_g, rank_all, k1, k2, r0, r1)
+                encoding = row_blocks.encode_rows(x_g, lists_all, k1, k2, r0, r1)
         encoding = _gather_csr(ranks, *encoding, everywhere=True)
     with ranks.stage("jaccard"):
         with ranks.local("the Jaccard rows of the block"):
-            pairs = api.jaccard_rows(tuple(t.numpy() for t in encoding), r0, r1, eps)
+            pairs = row_blocks.jaccard_rows(tuple(t.numpy() for t in encoding), r0, r1, eps)
         del encoding
         graph = _gather_csr(ranks, *pairs, everywhere=dbscan_on == "every")
     with ranks.stage("dbscan"):
@@ -562,24 +565,24 @@ def _split_rest(ranks: _Ranks, x_g, ring, rank_block, ranks_p_block, bounds, eps
                                      else torch.empty(n, dtype=torch.int64))
     with ranks.stage("cross_agreement"):
         with ranks.local("the cross-agreement of the block"):
-            block_scores = api.cross_agreement_of_rows(rank_block, ranks_p_block, k, r0, n)
+            block_scores = row_blocks.cross_agreement_of_rows(lists_block, part_lists_block, k, r0, n)
         scores = ranks.all_gather_rows(block_scores, counts)
     return labels, scores
 
 
-def _whole_rest(ranks: _Ranks, x_g, rank_block, ranks_p_block, counts, eps, k1, k2, min_samples,
+def _whole_rest(ranks: _Ranks, x_g, lists_block, part_lists_block, counts, eps, k1, k2, min_samples,
                 k, chosen):
     """Steps 3-6 whole on every rank from the gathered kNN lists (reference path, GPUs)."""
     with ranks.stage("encoding"):
-        rank_all = ranks.all_gather_rows(rank_block, counts)
+        lists_all = ranks.all_gather_rows(lists_block, counts)
     with ranks.stage("jaccard"):
         with ranks.local("the Jaccard distances"):
-            distance = api.jaccard_from_neighbours(x_g, rank_all, k1, k2, eps, chosen)
+            distance = api.jaccard_from_neighbours(x_g, lists_all, k1, k2, eps, chosen)
     with ranks.stage("dbscan"):
         with ranks.local("DBSCAN"):
             labels = api.dbscan(distance, eps, min_samples, chosen)
     with ranks.stage("cross_agreement"):
-        ranks_p = [ranks.all_gather_rows(r, counts) for r in ranks_p_block]
+        part_lists = [ranks.all_gather_rows(lists, counts) for lists in part_lists_block]
         with ranks.local("the cross-agreement"):
-            scores = api.cross_agreement_from_neighbours(rank_all, ranks_p, k, chosen)
+            scores = api.cross_agreement_from_neighbours(lists_all, part_lists, k, chosen)
     return labels, scores

@@ -6,7 +6,7 @@ The results equal the reference path's (``reference.py``); the public entry
 points with input checks and backend choice are in ``api.py``.
 
 kNN: exact, from a low-precision GEMM filter and an fp64 re-rank. A bf16 GEMM
-(oneDNN/MKL, ~4-5x faster than fp32 on CPUs with native bf16) over the upper
+(oneDNN/MKL; faster than fp32 on CPUs with native bf16, ``benchmarks/results/``) over the upper
 triangle only — each block of scores serves its rows and, transposed, its
 columns — is streamed into the C++ selection of ``csrc/cpu/knn_cpu.cpp`` (a
 running top-k threshold per row and the columns that can still reach it under
@@ -30,6 +30,9 @@ order numbers the clusters exactly as scikit-learn does; a border point takes
 the smallest label among its core neighbours.
 
 Cross-agreement: ``csrc/cpu/cross_agreement_cpu.cpp`` on the kNN lists.
+
+The same kernels for a block of rows (what the distributed stage shares out) are in
+``row_blocks.py``.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import torch
 
 from . import common
 from .common import (Timer, block_rows, ieee_matmul, neighbour_lists, no_timer,
-                     rounding_error_bounds, rounding_maxima)
+                     rounding_error_bounds)
 from .sparse_distance import SparseDistance
 
 
@@ -67,6 +70,40 @@ def exact_rows_topk(x: torch.Tensor, rows: np.ndarray, k: int) -> tuple[np.ndarr
     return _knn.exact_rows_topk(x.numpy(), np.ascontiguousarray(rows, dtype=np.int64), k)
 
 
+def low_precision(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """The filter GEMM's operand of ``x``, its output roundoff and bytes per score: bf16
+    scores (2 bytes, rounded to bf16: u = 2^-8) on CPUs with native bf16, else fp32 (the
+    fp32 accumulator itself: no output rounding)."""
+    if cpu_has_native_bf16():
+        return x.bfloat16(), 2.0 ** -8, 2
+    return x, 0.0, 4
+
+
+def consume_scores(selection, rows_low: torch.Tensor, cols_low: torch.Tensor, score_bytes: int,
+                   *offsets: int) -> None:
+    """The filter GEMM ``rows_low @ cols_low.T`` (IEEE fp32 accumulation) fed to the C++
+    ``selection`` (``consume_bf16`` or ``consume_fp32``, with ``offsets``: where the block
+    starts)."""
+    with ieee_matmul():
+        scores = rows_low @ cols_low.T
+    if score_bytes == 2:
+        selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), *offsets)
+    else:
+        selection.consume_fp32(scores.numpy(), *offsets)
+
+
+def finish_overflowing(x: torch.Tensor, dist: np.ndarray, index: np.ndarray,
+                       overflow: np.ndarray, k: int, first_row: int = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dist, index)`` as tensors, the rows flagged in ``overflow`` (more than
+    ``CANDIDATE_CAP`` candidates: nearly equidistant data) finished by
+    :func:`exact_rows_topk`; row t of the arrays is row ``first_row + t`` of ``x``."""
+    overflowing = np.flatnonzero(overflow)
+    if overflowing.size:
+        dist[overflowing], index[overflowing] = exact_rows_topk(x, overflowing + first_row, k)
+    return torch.from_numpy(dist), torch.from_numpy(index)
+
+
 def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact kNN, rows sorted by (fp64 distance, index). Returns (dist, index)."""
     from pplr_fast import _knn
@@ -75,28 +112,16 @@ def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     k = min(k, n)
     dist = np.empty((n, k), dtype=np.float64)
     index = np.empty((n, k), dtype=np.int64)
-    if cpu_has_native_bf16():     # bf16 scores (2 bytes), rounded to bf16: u = 2^-8
-        x_low, output_roundoff, score_bytes = x.bfloat16(), 2.0 ** -8, 2
-    else:                         # fp32 scores are the fp32 accumulator itself
-        x_low, output_roundoff, score_bytes = x, 0.0, 4
+    x_low, output_roundoff, score_bytes = low_precision(x)
     bounds = rounding_error_bounds(x, x_low, 2.0 ** -24).numpy()
     selection = _knn.SymmetricTopK(n, k, bounds, output_roundoff)
     # Block rows [r0, r1) x columns [r0, n): the blocks cover the upper triangle,
     # half the GEMM. ~6 blocks is enough; memory caps the block at BLOCK_BYTES.
     block = min(block_rows(n, score_bytes), max(512, -(-n // 6)))
     for r0 in range(0, n, block):
-        with ieee_matmul():
-            scores = x_low[r0:r0 + block] @ x_low[r0:].T
-        if score_bytes == 2:
-            selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), r0)
-        else:
-            selection.consume_fp32(scores.numpy(), r0)
-        del scores
+        consume_scores(selection, x_low[r0:r0 + block], x_low[r0:], score_bytes, r0)
     dist[:], index[:], overflow = selection.finish(x.numpy(), common.CANDIDATE_CAP)
-    overflowing = np.flatnonzero(overflow)
-    if overflowing.size:
-        dist[overflowing], index[overflowing] = exact_rows_topk(x, overflowing, k)
-    return torch.from_numpy(dist), torch.from_numpy(index)
+    return finish_overflowing(x, dist, index, overflow, k)
 
 
 # ---------------------------------------------------------------- Jaccard
@@ -164,181 +189,3 @@ def cross_agreement(x_g: torch.Tensor, x_p: torch.Tensor, k: int) -> torch.Tenso
     rank_g = nearest_neighbours(x_g, size)[1]
     ranks_p = [nearest_neighbours(x_p[:, :, p], size)[1] for p in range(x_p.shape[2])]
     return cross_agreement_from_neighbours(rank_g, ranks_p, k)
-
-
-# ---------------------------------------------------------------- row blocks (distributed stage)
-class NeighbourStrips:
-    """The fast kNN split into strips, for ranks that share the work.
-
-    A strip is rows [r0, r1) against columns [r0, N): one GEMM block of the
-    upper triangle, which serves its rows and, transposed, its columns (as in
-    :func:`nearest_neighbours`). Each rank consumes its strips, hands every
-    other rank what it saw of that rank's rows (:meth:`take_rows`, a sparse set
-    of (column, score) candidates per row), takes what the others saw of its
-    own rows (:meth:`give_rows`), and finishes them (:meth:`finish_rows`): the
-    exact kNN rows of its block, equal to :func:`nearest_neighbours`' rows bit
-    for bit, whichever rank consumed which strip.
-    """
-
-    def __init__(self, x: torch.Tensor, k: int):
-        from pplr_fast import _knn
-        self.x = x.float().contiguous()
-        self.n = self.x.shape[0]
-        self.k = min(k, self.n)
-        if cpu_has_native_bf16():
-            self.x_low, roundoff, self.score_bytes = self.x.bfloat16(), 2.0 ** -8, 2
-        else:
-            self.x_low, roundoff, self.score_bytes = self.x, 0.0, 4
-        bounds = rounding_error_bounds(self.x, self.x_low, 2.0 ** -24).numpy()
-        self.selection = _knn.SymmetricTopK(self.n, self.k, bounds, roundoff)
-
-    def add_strip(self, r0: int, r1: int) -> None:
-        """Consume rows [r0, r1) x columns [r0, N), in blocks of at most BLOCK_BYTES."""
-        block = block_rows(self.n, self.score_bytes)
-        for b0 in range(r0, r1, block):
-            b1 = min(r1, b0 + block)
-            with ieee_matmul():
-                scores = self.x_low[b0:b1] @ self.x_low[b0:].T
-            if self.score_bytes == 2:
-                self.selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), b0)
-            else:
-                self.selection.consume_fp32(scores.numpy(), b0)
-            del scores
-
-    def take_rows(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Candidates of rows [a, b) as CSR ``(ptr int64, col int32, score float32)``; the
-        rows are released here."""
-        return tuple(torch.from_numpy(t) for t in self.selection.take_rows(a, b))
-
-    def give_rows(self, a: int, b: int, ptr: torch.Tensor, col: torch.Tensor,
-                  score: torch.Tensor) -> None:
-        """Offer candidates of rows [a, b) that another rank took."""
-        self.selection.give_rows(a, b, ptr.numpy(), col.numpy(), score.numpy())
-
-    def finish_rows(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact ``(dist, index)`` of rows [a, b), as :func:`nearest_neighbours` returns them."""
-        dist, index, overflow = self.selection.finish_rows(self.x.numpy(), a, b,
-                                                           common.CANDIDATE_CAP)
-        overflowing = np.flatnonzero(overflow)
-        if overflowing.size:
-            dist[overflowing], index[overflowing] = exact_rows_topk(self.x, overflowing + a, self.k)
-        return torch.from_numpy(dist), torch.from_numpy(index)
-
-
-def encode_rows(x: torch.Tensor, rank: torch.Tensor, k1: int, k2: int, r0: int, r1: int):
-    """Rows [r0, r1) of :func:`encode`'s V' (numpy CSR), from the whole kNN lists."""
-    from pplr_fast import _jaccard
-    return _jaccard.encode_rows(x.float().contiguous().numpy(), rank.contiguous().numpy(),
-                                k1, round(k1 / 2), k2, r0, r1)
-
-
-def jaccard_rows(encoding, r0: int, r1: int, max_distance: float | None):
-    """Rows [r0, r1) of :func:`jaccard_pairs`' CSR ``(crow, col, val)`` (numpy), from the
-    whole V'."""
-    from pplr_fast import _jaccard
-    cutoff = -1.0 if max_distance is None else float(max_distance)
-    return _jaccard.jaccard_rows(*encoding, r0, r1, cutoff)
-
-
-def cross_agreement_of_rows(rank_g: torch.Tensor, ranks_p: list[torch.Tensor], k: int,
-                            first_row: int, n: int) -> torch.Tensor:
-    """Rows [first_row, first_row + len(rank_g)) of :func:`cross_agreement_from_neighbours`,
-    from those rows' kNN lists only."""
-    from pplr_fast import _cross_agreement
-    if not ranks_p:
-        return torch.zeros(rank_g.shape[0], 0, dtype=torch.float32)
-    g = rank_g.contiguous().numpy()
-    return torch.stack([torch.from_numpy(_cross_agreement.cross_agreement_rows(
-        g, p.contiguous().numpy(), k, first_row, n)) for p in ranks_p], dim=1)
-
-
-# ---------------------------------------------------------------- the ring (distributed stage)
-def _low_precision(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """The filter GEMM's operand of ``x``, its output roundoff and bytes per score (as in
-    :func:`nearest_neighbours`)."""
-    if cpu_has_native_bf16():
-        return x.bfloat16(), 2.0 ** -8, 2
-    return x, 0.0, 4
-
-
-def ring_maxima(x: torch.Tensor) -> tuple[float, float]:
-    """(M, rho_max) of this block's rows for the filter's error bound
-    (``common.rounding_maxima``); the ring uses the largest over all blocks."""
-    x = x.float().contiguous()
-    return rounding_maxima(x, _low_precision(x)[0])
-
-
-class RingNeighbours:
-    """The fast kNN of one block of rows against all N rows, the blocks visiting in turn.
-
-    The same filter as :func:`nearest_neighbours` (a bf16 or fp32 GEMM of the
-    block against the visiting block, the rigorous error bound with M and
-    rho_max over all rows) feeds ``_knn.RingTopK``; while a block visits, its
-    columns still above each row's floor are re-ranked with the fp64
-    distances the single process computes and merged into the running exact
-    top-k by (distance, index). After every block has visited, :meth:`finish`
-    gives the rows of :func:`nearest_neighbours`. There is no candidate cap:
-    a row the single process finishes from an fp64 GEMM row (more than
-    ``CANDIDATE_CAP`` candidates: nearly equidistant data) gets the same
-    ranking here but from the C++ fp64 dot products, whose last bit may differ
-    (a GEMM for some blocks and not others would untie exact copies).
-    """
-
-    def __init__(self, x: torch.Tensor, k: int, n: int, maxima: tuple[float, float]):
-        from pplr_fast import _knn
-        self.x = x.float().contiguous()
-        self.k = min(k, n)
-        self.x_low, roundoff, self.score_bytes = _low_precision(self.x)
-        bounds = rounding_error_bounds(self.x, self.x_low, 2.0 ** -24, maxima).numpy()
-        self.selection = _knn.RingTopK(self.x.shape[0], self.k, bounds, roundoff)
-
-    def visit(self, x_cols: torch.Tensor, c0: int) -> None:
-        """The block of rows [c0, c0 + len(x_cols)) visits: score, filter, re-rank."""
-        rows, width = self.x.shape[0], x_cols.shape[0]
-        if not rows or not width:
-            return
-        x_cols = x_cols.float().contiguous()
-        cols_low = _low_precision(x_cols)[0]
-        step = block_rows(width, self.score_bytes)
-        for a in range(0, rows, step):
-            with ieee_matmul():
-                scores = self.x_low[a:a + step] @ cols_low.T
-            if self.score_bytes == 2:
-                self.selection.consume_bf16(scores.view(torch.int16).numpy().view(np.uint16), a, c0)
-            else:
-                self.selection.consume_fp32(scores.numpy(), a, c0)
-            del scores
-        self.selection.rerank(self.x.numpy(), x_cols.numpy(), c0)
-
-    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact ``(dist, index)`` of the block's rows, as :func:`nearest_neighbours` gives them."""
-        dist, index = self.selection.finish()
-        return torch.from_numpy(dist), torch.from_numpy(index)
-
-
-def expansion_sets(rank: torch.Tensor, k1: int, r0: int, r1: int):
-    """E(i) of rows [r0, r1) (the columns of V's rows) as numpy CSR ``(crow, col)``, from
-    the whole kNN lists (N, min(k1, N))."""
-    from pplr_fast import _jaccard
-    return _jaccard.expansion_sets(rank.contiguous().numpy(), k1, round(k1 / 2), r0, r1)
-
-
-def pair_distances(x_a: torch.Tensor, i_a: np.ndarray, x_b: torch.Tensor, i_b: np.ndarray
-                   ) -> np.ndarray:
-    """fp64 distances of rows ``x_a[i_a[t]]`` and ``x_b[i_b[t]]``, the encoding's numbers."""
-    from pplr_fast import _jaccard
-    return _jaccard.pair_distances(x_a.float().contiguous().numpy(), i_a,
-                                   x_b.float().contiguous().numpy(), i_b)
-
-
-def weigh_rows(crow: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """V's float32 values of CSR rows from their distances d(i, e)."""
-    from pplr_fast import _jaccard
-    return _jaccard.weigh_rows(crow, dist)
-
-
-def expand_rows(v, rank: torch.Tensor, k2: int, r0: int, r1: int):
-    """Rows [r0, r1) of V' (numpy CSR) from the whole V (CSR of N rows) and kNN lists."""
-    from pplr_fast import _jaccard
-    return _jaccard.expand_rows(*(np.ascontiguousarray(t) for t in v),
-                                rank.contiguous().numpy(), k2, r0, r1)

@@ -37,7 +37,9 @@ from pplr_fast.kernels.jaccard import jaccard_from_neighbours_cuda
 from pplr_fast.kernels.knn import ACCUMULATE_ROUNDOFF, knn_topk
 from pplr_fast.gpu_fallback import cupy_install_hint, report_gpu_fallback
 
-from .checks import available_memory
+from pplr_fast.utils.errors import one_line
+from pplr_fast.utils.memory import available_memory
+
 from .common import Timer, neighbour_lists, no_timer, rounding_error_bounds
 from .dbscan_propagation import dbscan_propagation
 from .sparse_distance import SparseDistance
@@ -98,11 +100,6 @@ MAX_BLOCKS = 65535
 # launch(kernel_name, items, *args): run a kernel over `items` work items
 # (grid-stride loops); args are tensors and Python ints.
 Launcher = Callable[..., None]
-
-
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:400]}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -206,7 +203,8 @@ def cupy_problem() -> str | None:
     except ImportError:
         return f"CuPy is not installed ({cupy_install_hint()})"
     except Exception as err:     # a broken CuPy install raises more than ImportError
-        return f"CuPy fails to import ({one_line(err)}); reinstall it: {cupy_install_hint()}"
+        return (f"CuPy fails to import ({one_line(err, 400, with_type=True)}); "
+                f"reinstall it: {cupy_install_hint()}")
     try:
         if not torch.cuda.is_available():
             return "no CUDA device is visible to torch"
@@ -214,7 +212,8 @@ def cupy_problem() -> str | None:
         col = torch.tensor([0, 1, 0, 1], dtype=torch.int64, device="cuda")
         labels = dbscan_cuda(crow, col, 2).tolist()
     except Exception as err:     # NVRTC errors, driver/toolkit mismatches, missing libraries
-        return f"CuPy cannot compile or launch the CUDA kernels here ({one_line(err)})"
+        return ("CuPy cannot compile or launch the CUDA kernels here "
+                f"({one_line(err, 400, with_type=True)})")
     if labels != [0, 0]:
         return f"the CUDA DBSCAN self-check gave {labels} instead of [0, 0]"
     return None

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import torch
 
-from .checks import ensure_fits
+from pplr_fast.utils.memory import ensure_fits
+
 from .common import (Timer, neighbour_lists, neighbours_without_self, no_timer,
                      pairwise_sq_distance, reference_dense_bytes, sorted_neighbours)
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import ensure_fits
+from pplr_fast.utils.memory import ensure_fits
 
 
 @dataclass

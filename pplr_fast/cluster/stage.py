@@ -17,17 +17,17 @@ stage (``benchmarks/cluster_stage.py``):
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from pplr_fast.backend import DEFAULT_BACKEND, resolve_backend
+from pplr_fast.utils.memory import ensure_fits
+from pplr_fast.utils.timing import StageClock
 
 from .api import (cross_agreement_from_neighbours, dbscan, jaccard_from_neighbours,
                   nearest_neighbours)
-from .checks import (ClusterInputError, check_jaccard_args, check_k, check_part_features,
-                     ensure_fits)
+from .checks import check_part_features, check_stage_args
 from .common import reference_dense_bytes
 
 STAGES = ("knn_global", "knn_parts", "encoding", "jaccard", "dbscan", "cross_agreement")
@@ -51,24 +51,6 @@ class ClusterStageResult:
         return int((self.labels < 0).sum())
 
 
-class StageClock:
-    """``with clock(stage):`` adds the block's wall time (the GPU synchronised) to ``timings[stage]``."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
-
-
 def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: int = 30,
                       k2: int = 6, min_samples: int = 4, k: int = 20,
                       backend: str = DEFAULT_BACKEND) -> ClusterStageResult:
@@ -82,11 +64,7 @@ def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: i
             reference, saying so once, where its kernels are unavailable).
     """
     check_part_features(x_g, x_p)
-    check_jaccard_args(k1, k2, None, n=x_g.shape[0])
-    check_k("k", k)
-    check_k("min_samples", min_samples)
-    if not 0 < eps < 1:
-        raise ClusterInputError(f"eps must lie in (0, 1) for Jaccard distances, got {eps}")
+    check_stage_args(x_g.shape[0], eps=eps, k1=k1, k2=k2, min_samples=min_samples, k=k)
     chosen = resolve_backend(backend, x_g.device, "cluster stage")
     n = x_g.shape[0]
     if chosen == "reference":

@@ -33,10 +33,8 @@ def pplr_classification_loss(logits_g: Tensor, logits_p: Tensor, targets: Tensor
             ``"fast"``, by device:
             CUDA logits of dtype float32/float16/bfloat16, Triton installed:
             the fused Triton op (``pplr_fast.kernels.pplr_classification_loss``);
-            CPU logits: ``torch.compile`` of the twin, which measured 2.0-2.3x
-            faster than the eager twin with about 0.63x its peak memory at
-            B = 64, N_p = 3, C in {500, 3000, 20000}, one torch thread
-            (benchmarks/results/losses_cpu.md);
+            CPU logits: ``torch.compile`` of the twin (faster than the eager
+            twin and lighter in peak memory: benchmarks/results/losses_cpu.md);
             it compiles (a few seconds) on first use with each part loss and
             once more when C first exceeds 4096, not for every new C; if
             compilation fails, a warning is issued and the eager twin is used;

@@ -45,11 +45,15 @@ def available_memory(device: torch.device | str = "cpu") -> int:
     return measured if not limit else min(measured, int(float(limit) * GIB))
 
 
-def ensure_fits(nbytes: int, device: torch.device | str, what: str, hint: str) -> None:
+def ensure_fits(nbytes: int, device: torch.device | str, what: str, hint: str, *,
+                name_device: bool = True) -> None:
     """Raise ``MemoryError`` naming ``what``, its estimate, what is available and ``hint``
-    (the fix) when ``nbytes`` would take more than FIT_FRACTION of the available memory."""
+    (the fix) when ``nbytes`` would take more than FIT_FRACTION of the available memory.
+    ``name_device=False`` leaves the device out of the message (the re-ranking's refusals,
+    whose messages never named it)."""
     available = available_memory(device)
     if nbytes > FIT_FRACTION * available:
+        where = f" on {torch.device(device)}" if name_device else ""
         raise MemoryError(
             f"refused: {what} needs about {nbytes / GIB:.1f} GiB but only "
-            f"{available / GIB:.1f} GiB is available on {torch.device(device)}; {hint}")
+            f"{available / GIB:.1f} GiB is available{where}; {hint}")
