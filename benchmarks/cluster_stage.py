@@ -75,9 +75,9 @@ from machine import (GIB, MIB, busy_warning, describe_machine, load_average,  # 
                      machine_lines, peak_rss_growth_kib, reset_peak_rss, seconds_text)
 
 from pplr_fast.backend import BACKENDS  # noqa: E402
-from pplr_fast.cluster import checks  # noqa: E402
 from pplr_fast.cluster.stage import STAGES, run_cluster_stage  # noqa: E402
 from pplr_fast.pseudo_label_quality import adjusted_rand_index  # noqa: E402
+from pplr_fast.utils.memory import available_memory  # noqa: E402
 from pplr_fast.utils.timing import synchronize  # noqa: E402
 
 EXTRAS = ("sklearn", "faiss")
@@ -108,7 +108,7 @@ def fast_path_bytes(n: int, dim: int, parts: int) -> dict:
 
 
 def available_bytes(device: str, limit_gib: float | None) -> int:
-    available = checks.available_memory(torch.device(device))
+    available = available_memory(torch.device(device))
     return available if limit_gib is None else min(available, int(limit_gib * GIB))
 
 

@@ -44,7 +44,8 @@ from machine import (busy_warning, describe_machine, load_average, machine_lines
                      peak_rss_growth_kib, reset_peak_rss)
 
 from pplr_fast.evaluation import evaluate_ranking  # noqa: E402
-from pplr_fast.rerank import available_memory, re_rank_features, re_ranking  # noqa: E402
+from pplr_fast.rerank import re_rank_features, re_ranking  # noqa: E402
+from pplr_fast.utils.memory import available_memory  # noqa: E402
 from pplr_fast.utils.timing import StageClock  # noqa: E402
 
 GIB, MIB = 1024 ** 3, 1024 ** 2

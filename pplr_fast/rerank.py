@@ -74,8 +74,7 @@ SPARSE_HINT = ("use pplr_fast.cluster.jaccard_distance(features, k1, k2), which 
 
 
 # --------------------------------------------------------------------------- memory estimate
-# (the guard is pplr_fast.utils.memory.ensure_fits; available_memory, imported above, stays
-# importable from here: benchmarks/rerank.py reads it)
+# (the guard is pplr_fast.utils.memory.ensure_fits)
 
 def sparse_bytes(n: int, k1: int, k2: int) -> int:
     """A generous estimate of the sparse intermediates of re-ranking n images."""

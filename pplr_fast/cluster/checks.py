@@ -1,8 +1,7 @@
 """Input validation shared by the clustering-stage ops.
 
-A leaf module: it imports nothing else of pplr_fast but the memory probe, which it
-re-exports as ``available_memory`` (``benchmarks/cluster_stage.py`` reads it here);
-the memory guard itself is :func:`pplr_fast.utils.memory.ensure_fits`.
+A leaf module: it imports nothing of pplr_fast; the memory probe and guard are
+:mod:`pplr_fast.utils.memory`.
 """
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import operator
 
 import torch
 
-from pplr_fast.utils.memory import available_memory  # noqa: F401  (re-export)
 
 
 class ClusterInputError(ValueError):
