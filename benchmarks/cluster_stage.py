@@ -2,7 +2,7 @@
 
 For every size N and backend, one call of
 ``pplr_fast.cluster.stage.run_cluster_stage`` (kNN -> k-reciprocal Jaccard ->
-DBSCAN, and cross-agreement; SPEC §2) is timed stage by stage:
+DBSCAN, and cross-agreement; docs/method.md §2) is timed stage by stage:
 
 * time: one warm-up run (excluded), then the median over ``--repeat`` runs of
   every stage and of the total, taken separately;
@@ -462,7 +462,7 @@ def markdown_report(result: dict) -> str:
         source = f"Features: {generator['name']}(seed={config['seed']}; {settings})."
     names = ", ".join(f"{n} = {name}" for n, name in DATASET_SIZES.items())
     lines = [
-        f"# Clustering stage (SPEC §2), {config['device']}",
+        f"# Clustering stage (docs/method.md §2), {config['device']}",
         "",
         f"Seconds per stage, median of {config['repeat']} runs after one warm-up "
         f"(each column's median taken separately); D = {config['dim']}, N_p = {config['parts']}, "

@@ -22,7 +22,7 @@ the benchmark draws features with it rather than uniform noise:
   replaced by noise;
 * the global feature is the sum of the part features (as global average
   pooling is the mean of the stripes) plus a little noise of its own;
-* every feature is L2-normalised (SPEC §2 inputs).
+* every feature is L2-normalised (docs/method.md §2 inputs).
 
 With the defaults, DBSCAN at eps 0.6 (k1 = 30, k2 = 6, min_samples = 4) finds
 clusters resembling a PPLR epoch on Market-1501: somewhat fewer clusters than

@@ -1,7 +1,7 @@
 """Seconds per PPLR training iteration and parameter count, reference vs fast losses,
 and the part-based Baseline's (hard pseudo-labels, plain cross-entropy on every head).
 
-The layout of the paper's cost table (SPEC §7: parameters, clustering
+The layout of the paper's cost table (docs/method.md §8: parameters, clustering
 s/epoch, training s/iter). One iteration is what ``PPLRTrainer.train_epoch``
 does per batch, on random images (data loading excluded):
 
@@ -55,7 +55,7 @@ from pplr_fast.models import RESNETS, PPLRNet  # noqa: E402
 from pplr_fast.utils.timing import synchronize  # noqa: E402
 
 BASELINE = "baseline"   # the ``backend`` key of the Baseline's row
-# SPEC §7: supplementary material of the paper, Market-1501, 4 TITAN RTX.
+# docs/method.md §8: supplementary material of the paper, Market-1501, 4 TITAN RTX.
 PAPER_PPLR = {"name": "PPLR, paper (4x TITAN RTX, Market-1501, ResNet-50, 384x128, batch 64)",
               "parameters_m": 29.668, "cluster_s_per_epoch": 38.484, "train_s_per_iter": 0.202}
 
@@ -203,7 +203,7 @@ def markdown_report(result: dict) -> str:
         f"{r['backend']} {r['first_iteration_s']:.2f} s" for r in result["rows"]) + "."]
     if result["cluster_note"]:
         lines.append(result["cluster_note"])
-    lines.append("The paper's row is its published figure (SPEC §7), not measured here.")
+    lines.append("The paper's row is its published figure (docs/method.md §8), not measured here.")
     for row in result["rows"]:
         lines += [f"Warning ({row['backend']}): {w}" for w in row["warnings"]]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Cross-agreement scores on a GPU (SPEC §2.3; CUDA twin of ``cross_agreement_cpu.cpp``).
+"""Cross-agreement scores on a GPU (docs/method.md §2.3; CUDA twin of ``cross_agreement_cpu.cpp``).
 
 One launch over (rows x parts). A program takes row i's global kNN list and
 its list in part space n, keeps in each the first ``size = min(k, N - 1)``

@@ -1,4 +1,4 @@
-"""Sparse k-reciprocal Jaccard distance on a GPU (SPEC §2.1; CUDA twin of ``jaccard_cpu.cpp``).
+"""Sparse k-reciprocal Jaccard distance on a GPU (docs/method.md §2.1; CUDA twin of ``jaccard_cpu.cpp``).
 
 From the kNN lists ``rank`` (N, K), K = min(k1, N), sorted by ``(d, index)``:
 

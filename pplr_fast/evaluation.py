@@ -1,4 +1,4 @@
-"""Re-ID evaluation (SPEC §5): query-gallery distances, mAP, CMC and mINP.
+"""Re-ID evaluation (docs/method.md §5): query-gallery distances, mAP, CMC and mINP.
 
 Protocol (Market-1501 / Duke / MSMT17 / VeRi-776): for each query, gallery
 images of the same identity taken by the same camera are ignored; a query

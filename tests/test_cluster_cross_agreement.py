@@ -1,4 +1,4 @@
-"""Cross-agreement scores: every implementation against Python sets (SPEC §2.3).
+"""Cross-agreement scores: every implementation against Python sets (docs/method.md §2.3).
 
 The scores are ratios of small integers divided with IEEE rounding, so every
 implementation must equal the reference bit for bit.

@@ -1,4 +1,4 @@
-"""DBSCAN: every implementation against scikit-learn (SPEC §2.2).
+"""DBSCAN: every implementation against scikit-learn (docs/method.md §2.2).
 
 Implementations: the public op with ``backend="reference"`` and
 ``backend="fast"`` (C++ on a CPU), and the GPU path's CUDA C

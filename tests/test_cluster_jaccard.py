@@ -1,4 +1,4 @@
-"""k-reciprocal Jaccard distance: every implementation against the brute force (SPEC §2.1)."""
+"""k-reciprocal Jaccard distance: every implementation against the brute force (docs/method.md §2.1)."""
 import functools
 
 import numpy as np

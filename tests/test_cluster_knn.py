@@ -1,4 +1,4 @@
-"""Exact kNN: every implementation against the brute-force ranking (SPEC §2.1 step 1)."""
+"""Exact kNN: every implementation against the brute-force ranking (docs/method.md §2.1 step 1)."""
 import functools
 
 import numpy as np

@@ -28,7 +28,7 @@ def test_test_transform_shape_dtype_and_normalisation():
     out = build_test_transform(32, 16)(image)
     assert out.shape == (3, 32, 16) and out.dtype == torch.float32 and out.is_contiguous()
     rgb = torch.tensor([1.0, 0.0, 128 / 255])
-    # the ImageNet statistics (SPEC section 4), written out rather than imported
+    # the ImageNet statistics (docs/method.md §4), written out rather than imported
     expected = (rgb - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(out.mean((1, 2)), expected, atol=1e-5)
     assert torch.equal(out, build_test_transform(32, 16)(image))

@@ -120,7 +120,7 @@ def test_aals_and_label_smoothing_match_formula(rng, batch, num_classes):
 
 
 def test_label_smoothing_default_epsilon_is_one_tenth(rng):
-    # SPEC section 3: before aals_epoch the parts use label smoothing with epsilon = 0.1.
+    # docs/method.md §3: before aals_epoch the parts use label smoothing with epsilon = 0.1.
     _, p, y, _ = random_inputs(rng, 5, 7, 1)
     logits = p[..., 0]
     want = label_smoothing_formula(logits.numpy(), y.numpy(), epsilon=0.1)
@@ -314,7 +314,7 @@ def test_proxy_loss_matches_formula(rng, num_hard):
 
 
 def test_proxy_loss_defaults_are_50_negatives_at_temperature_007(rng):
-    # SPEC section 3 (PPLR-CAM): the 50 most similar proxies of other clusters, T = 0.07.
+    # docs/method.md §3 (PPLR-CAM): the 50 most similar proxies of other clusters, T = 0.07.
     # 80 one-camera clusters: each sample has 79 negatives, more than 50.
     pids = torch.tensor([0] + list(range(80)))
     pcams = torch.tensor([1] + [0] * 80)

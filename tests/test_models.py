@@ -221,7 +221,7 @@ def test_bad_constructor_arguments():
 
 
 def test_parameter_count_matches_paper():
-    # SPEC §7 reports 29.668 M parameters on Market-1501; ResNet-50 without fc, 4 BN necks
+    # docs/method.md §8 reports 29.668 M parameters on Market-1501; ResNet-50 without fc, 4 BN necks
     # and 4 classifiers give exactly that at C = 750 clusters (C is our inference).
     model = PPLRNet(arch="resnet50", num_classes=750)
     assert sum(p.numel() for p in model.parameters()) == 29_668_416

@@ -26,7 +26,7 @@ struct Accumulator {
     }
 };
 
-// E(i) of SPEC §2.1 steps 2-3 (R(i, k1) and the R(c, half) that overlap it
+// E(i) of docs/method.md §2.1 steps 2-3 (R(i, k1) and the R(c, half) that overlap it
 // by more than 2/3), sorted and unique, into `e`. r_half_of(c) returns
 // R(c, half) as (pointer, size); in_r1 is a zeroed n-byte scratch.
 template <typename RHalf>
@@ -47,7 +47,7 @@ void expansion_set(const int64_t* rank, int64_t K, int64_t len1, int64_t i, RHal
     e.erase(std::unique(e.begin(), e.end()), e.end());
 }
 
-// V's weights of one row (SPEC §2.1 step 4) from its distances d(i, e) (the
+// V's weights of one row (docs/method.md §2.1 step 4) from its distances d(i, e) (the
 // `size` entries of `dist`, overwritten), into `out`.
 void weigh_row(double* dist, int64_t size, float* out) {
     double lowest = INFINITY;
@@ -57,7 +57,7 @@ void weigh_row(double* dist, int64_t size, float* out) {
     for (int64_t t = 0; t < size; ++t) out[t] = static_cast<float>(dist[t] / total);
 }
 
-// V[i] (SPEC §2.1 steps 2-4) into `out`: E(i), then its weights.
+// V[i] (docs/method.md §2.1 steps 2-4) into `out`: E(i), then its weights.
 template <typename RHalf>
 void v_row(const float* x, int64_t d, const int64_t* rank, int64_t K, int64_t len1, int64_t i,
            RHalf r_half_of, std::vector<uint8_t>& in_r1, std::vector<int64_t>& r1,

@@ -6,7 +6,7 @@
 
 namespace pplr {
 
-// V' of SPEC §2.1 steps 2-5 as CSR: rank is the (n x K) kNN list (sorted by
+// V' of docs/method.md §2.1 steps 2-5 as CSR: rank is the (n x K) kNN list (sorted by
 // (distance, index), self included), half = round(k1 / 2) as Python rounds.
 Csr encode_cpu(const float* x, int64_t n, int64_t d, const int64_t* rank, int64_t K,
                int64_t k1, int64_t half, int64_t k2);
@@ -33,7 +33,7 @@ Csr jaccard_rows_cpu(const int64_t* crow, const int64_t* col, const float* val, 
 
 // The ring of the distributed stage computes encode_rows_cpu's V' without
 // the other blocks' features, in three steps with the same arithmetic:
-// expansion_sets_cpu: E(i) of rows [r0, r1) (SPEC §2.1 steps 2-3) from the
+// expansion_sets_cpu: E(i) of rows [r0, r1) (docs/method.md §2.1 steps 2-3) from the
 // whole kNN list, as CSR (columns sorted; val zeros); the caller computes
 // d(i, e) = pair_distances_cpu (sq_distance of rows xa[ia[t]], xb[ib[t]])
 // for every (i, e) while e's block is here; weigh_rows_cpu turns each row's

@@ -75,7 +75,7 @@ def jaccard_distance(x: torch.Tensor, k1: int = 30, k2: int = 6, backend: str = 
 
     Args:
         x: (N, D) L2-normalised features.
-        k1, k2: neighbourhood sizes (SPEC defaults 30 and 6); k2 <= k1 <= N
+        k1, k2: neighbourhood sizes (defaults 30 and 6, docs/method.md §2.1); k2 <= k1 <= N
             (a k1 above N is refused: every neighbourhood would hold all N images).
         backend: ``"reference"`` returns a dense (N, N) float32 tensor;
             ``"fast"`` returns a :class:`SparseDistance` (``.to_dense()`` gives
@@ -173,7 +173,7 @@ def dbscan(dist, eps: float, min_samples: int = 4, backend: str = DEFAULT_BACKEN
 # ---------------------------------------------------------------- cross-agreement
 def cross_agreement(x_g: torch.Tensor, x_p: torch.Tensor, k: int = 20,
                     backend: str = DEFAULT_BACKEND) -> torch.Tensor:
-    """(N, N_p) float32 cross-agreement scores in [0, 1] (SPEC §2.3).
+    """(N, N_p) float32 cross-agreement scores in [0, 1] (docs/method.md §2.3).
 
     ``A[i, n] = |N_g(i) ∩ N_n(i)| / |N_g(i) ∪ N_n(i)|``, the k nearest
     neighbours of i in the global space and in part space n, i itself excluded.
@@ -181,7 +181,7 @@ def cross_agreement(x_g: torch.Tensor, x_p: torch.Tensor, k: int = 20,
     Args:
         x_g: (N, D) L2-normalised global features.
         x_p: (N, D, N_p) part features, each part L2-normalised over D.
-        k: neighbourhood size (SPEC: 20).
+        k: neighbourhood size (docs/method.md §2.3: 20).
         backend: ``"reference"`` or ``"fast"``.
     """
     check_part_features(x_g, x_p)

@@ -16,7 +16,7 @@ class ClusterInputError(ValueError):
 
 
 def check_features(x: torch.Tensor, name: str = "features") -> None:
-    """Rows must be finite and L2-normalised (SPEC §2 inputs)."""
+    """Rows must be finite and L2-normalised (docs/method.md §2 inputs)."""
     if not isinstance(x, torch.Tensor):
         raise ClusterInputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:

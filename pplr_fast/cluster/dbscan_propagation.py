@@ -1,7 +1,7 @@
 """DBSCAN by label propagation in plain torch ops: the GPU DBSCAN that needs neither CuPy nor NVRTC.
 
 Same semantics as scikit-learn's DBSCAN on a precomputed eps-neighbour graph
-(SPEC §2.2), so its labels equal the reference's and the CUDA C kernel's:
+(docs/method.md §2.2), so its labels equal the reference's and the CUDA C kernel's:
 
 - core point: at least ``min_samples`` neighbours (self included), i.e. its
   row of the CSR graph has ``min_samples`` or more entries;

@@ -126,7 +126,7 @@ def nearest_neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 # ---------------------------------------------------------------- Jaccard
 def encode(x: torch.Tensor, rank: torch.Tensor, k1: int, k2: int):
-    """V' (SPEC §2.1 steps 1-5) as numpy CSR arrays ``(crow, col, val)``."""
+    """V' (docs/method.md §2.1 steps 1-5) as numpy CSR arrays ``(crow, col, val)``."""
     from pplr_fast import _jaccard
     return _jaccard.encode(x.float().contiguous().numpy(), rank.contiguous().numpy(),
                            k1, round(k1 / 2), k2)

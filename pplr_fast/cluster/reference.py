@@ -1,15 +1,15 @@
 """The reference clustering path: plain PyTorch, dense N x N matrices, obviously right.
 
-Every op of the stage (SPEC §2), each the oracle its fast twins
+Every op of the stage (docs/method.md §2), each the oracle its fast twins
 (``fast_cpu.py``, ``fast_cuda.py``) are tested against. The public entry
 points with input checks and backend choice are in ``api.py``; the functions
 here take checked inputs.
 
-kNN (SPEC §2.1 step 1, §2.3)
+kNN (docs/method.md §2.1 step 1, §2.3)
     the full N x N fp64 distance matrix and a stable sort of every row
     (``common.py`` says why fp64 and ``(d, index)`` make every backend agree).
 
-k-reciprocal Jaccard distance (SPEC §2.1; Zhong et al., CVPR 2017), for
+k-reciprocal Jaccard distance (docs/method.md §2.1; Zhong et al., CVPR 2017), for
 L2-normalised rows x_i and ``rank[i]`` = the k1 nearest neighbours of i
 sorted by ``(d, index)``:
 
@@ -27,7 +27,7 @@ sorted by ``(d, index)``:
    When N < k1 every neighbour list simply has N entries. ``round`` is
    Python's (half to even), as in the public code's ``np.around``.
 
-DBSCAN (SPEC §2.2), scikit-learn's exact semantics:
+DBSCAN (docs/method.md §2.2), scikit-learn's exact semantics:
     neighbours of i are the j with ``d(i, j) <= eps`` (i itself included
     when ``d(i, i) <= eps``); a core point has at least ``min_samples``
     neighbours; clusters are the connected components of core points,
@@ -35,7 +35,7 @@ DBSCAN (SPEC §2.2), scikit-learn's exact semantics:
     non-core point within eps of a core point joins the lowest-numbered
     neighbouring cluster, every other point is noise (-1).
 
-Cross-agreement (SPEC §2.3):
+Cross-agreement (docs/method.md §2.3):
     ``A[i, n] = |N_g(i) ∩ N_n(i)| / |N_g(i) ∪ N_n(i)|`` where ``N_g(i)`` and
     ``N_n(i)`` are the k nearest neighbours of i in the global space and in
     part space n, i itself excluded by index (so with duplicated images the

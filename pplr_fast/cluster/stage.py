@@ -54,7 +54,7 @@ class ClusterStageResult:
 def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: int = 30,
                       k2: int = 6, min_samples: int = 4, k: int = 20,
                       backend: str = DEFAULT_BACKEND) -> ClusterStageResult:
-    """Pseudo-labels of X_g and cross-agreement scores of (X_g, X_p) (SPEC §2).
+    """Pseudo-labels of X_g and cross-agreement scores of (X_g, X_p) (docs/method.md §2).
 
     Args:
         x_g: (N, D) L2-normalised global features.

@@ -1,6 +1,6 @@
 """Re-ID dataset folders -> lists of ``(path, pid, camid)`` samples.
 
-Every parser reads the layout a dataset is distributed in (SPEC section 6)
+Every parser reads the layout a dataset is distributed in (docs/method.md §7)
 and returns a :class:`ReidDataset` whose splits are lists of
 ``(absolute path, person/vehicle id, 0-based camera id)`` sorted by path.
 Identity ids are kept as written in the file names (they are never used as

@@ -1,4 +1,4 @@
-"""Identity- and camera-aware batch sampling (SPEC section 4).
+"""Identity- and camera-aware batch sampling (docs/method.md §4).
 
 A batch is P identities x K instances. Each identity contributes one group
 of K consecutive indices per epoch, taken round-robin over its cameras so

@@ -1,4 +1,4 @@
-"""Image transforms for training and testing (SPEC section 4), Pillow + torch only.
+"""Image transforms for training and testing (docs/method.md §4), Pillow + torch only.
 
 Every random choice draws from torch's global RNG, so ``torch.manual_seed``
 (and the per-worker seeding of ``DataLoader``) makes augmentation reproducible.
@@ -161,7 +161,7 @@ class RandomErasing:
 
 def build_train_transform(height: int, width: int, padding: int = 10,
                           flip_p: float = 0.5, erasing_p: float = 0.5) -> Compose:
-    """The training augmentation of SPEC section 4 (PIL image -> normalised tensor)."""
+    """The training augmentation of docs/method.md §4 (PIL image -> normalised tensor)."""
     return Compose([
         Resize(height, width),
         RandomHorizontalFlip(flip_p),

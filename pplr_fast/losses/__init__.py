@@ -1,4 +1,4 @@
-"""PPLR losses (SPEC §3): plain PyTorch twins, and the combined classification
+"""PPLR losses (docs/method.md §3): plain PyTorch twins, and the combined classification
 loss with a backend switch to the fused Triton op (pplr_fast.kernels); the
 part-based baseline's hard-label loss."""
 from .aals import aals_loss

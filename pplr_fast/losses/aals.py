@@ -1,4 +1,4 @@
-"""AALS: agreement-aware label smoothing of a part classifier (SPEC §3)."""
+"""AALS: agreement-aware label smoothing of a part classifier (docs/method.md §3)."""
 import torch
 from torch import Tensor
 

@@ -18,7 +18,7 @@ def pplr_classification_loss(logits_g: Tensor, logits_p: Tensor, targets: Tensor
                              scores: Tensor, *, beta: float = 0.5, use_aals: bool,
                              epsilon: float = 0.1,
                              backend: str = DEFAULT_BACKEND) -> Tuple[Tensor, Tensor]:
-    """(loss_global, loss_parts) of one mini-batch (SPEC §3).
+    """(loss_global, loss_parts) of one mini-batch (docs/method.md §3).
 
     loss_global is :func:`pglr_loss`; loss_parts is the mean over the N_p parts
     of :func:`aals_loss` (``use_aals``) or of

@@ -15,7 +15,7 @@ def pplr_classification_loss_fused(logits_g: Tensor, logits_p: Tensor, targets: 
                                    scores: Tensor, *, beta: float = 0.5, use_aals: bool,
                                    epsilon: float = 0.1, block_c: Optional[int] = None,
                                    validate: bool = True) -> Tuple[Tensor, Tensor]:
-    """Fused (loss_global, loss_parts) of PPLR (SPEC §3), one pass over the logits.
+    """Fused (loss_global, loss_parts) of PPLR (docs/method.md §3), one pass over the logits.
 
     Args:
         logits_g: (B, C) global logits; float32, float16 or bfloat16, any strides.

@@ -1,4 +1,4 @@
-"""PPLR-CAM: inter-camera contrastive loss against camera-aware proxies (SPEC §3)."""
+"""PPLR-CAM: inter-camera contrastive loss against camera-aware proxies (docs/method.md §3)."""
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,7 +23,7 @@ def inter_camera_proxy_loss(features: Tensor, targets: Tensor, cams: Tensor, pro
     first 50 of a masked sort of all M proxies, so when a sample has fewer
     than 50 negatives the tail of that list holds non-negatives (its own
     cluster's proxies, positives again or same-camera ones), which then enter
-    the softmax denominator; here only true negatives do (SPEC's rule).
+    the softmax denominator; here only true negatives do (docs/method.md §6).
 
     Args:
         features: (B, D) features (any scale; normalised inside).

@@ -1,4 +1,4 @@
-"""PGLR: part-guided label refinement of the global classifier's target (SPEC §3)."""
+"""PGLR: part-guided label refinement of the global classifier's target (docs/method.md §3)."""
 import torch
 from torch import Tensor
 

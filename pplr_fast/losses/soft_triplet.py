@@ -1,4 +1,4 @@
-"""Soft (margin-free) batch-hard triplet loss on Euclidean distances (SPEC §3)."""
+"""Soft (margin-free) batch-hard triplet loss on Euclidean distances (docs/method.md §3)."""
 import torch
 import torch.nn.functional as F
 from torch import Tensor

@@ -1,4 +1,4 @@
-"""PPLR network: a ResNet with one global and ``num_parts`` horizontal-stripe heads (SPEC §1).
+"""PPLR network: a ResNet with one global and ``num_parts`` horizontal-stripe heads (docs/method.md §1).
 
 Layout convention (the whole project): the part dimension is LAST.
 ``f_p`` is (B, D, N_p) and ``logits_p`` is (B, C, N_p).  ``logits_p`` is a
