@@ -85,7 +85,7 @@ setup(
     install_requires=["torch>=2.3", "numpy", "pillow", "tqdm", "matplotlib"],
     extras_require={
         # scikit-learn is the DBSCAN oracle of the tests, never used at run time.
-        "test": ["pytest>=7", "scikit-learn", "triton>=3.0"],
+        "test": ["pytest>=7", "scikit-learn", "triton>=3.0", "ruff>=0.6"],
         # GPU kernels: Triton (bundled with CUDA torch on Linux), CuPy compiles
         # csrc/cuda/*.cu at run time. Pick the CuPy built for the CUDA major
         # version of your torch (python -c "import torch; print(torch.version.cuda)");

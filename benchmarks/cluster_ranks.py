@@ -36,11 +36,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from features import IdentityFeatureConfig, identity_features  # noqa: E402
-from machine import (MIB, busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
+from features import IdentityFeatureConfig, identity_features
+from machine import (MIB, busy_warning, describe_machine, load_average, machine_lines,
                      peak_rss_growth_kib, reset_peak_rss, seconds_text)
 
-from pplr_fast.cluster.stage import STAGES  # noqa: E402
+from pplr_fast.cluster.stage import STAGES
 
 RANK_STAGES = ("features", *STAGES)
 
@@ -196,7 +196,8 @@ def ranks_report(result: dict) -> str:
               "(the kNN and the encoding's distances), O(N·D / K + N·k) memory per rank, "
               "each rank's rows against all N (twice the GEMM of the shared upper "
               "triangle). Peak MiB: the rank's peak resident memory during the stage above "
-              "what it held before (its own feature block). MiB in / out: bytes this rank received / sent over the "
+              "what it held before (its own feature block). MiB in / out: bytes this rank "
+              "received / sent over the "
               "whole stage (loopback here, the network across nodes). 'same as K=1': this "
               "rank's labels and scores equal, bit for bit, those of the K = 1 run.", ""]
     for note in result["notes"]:

@@ -70,15 +70,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from features import IdentityFeatureConfig, identity_features  # noqa: E402
-from machine import (GIB, MIB, busy_warning, describe_machine, load_average,  # noqa: E402
+from features import IdentityFeatureConfig, identity_features
+from machine import (GIB, MIB, busy_warning, describe_machine, load_average,
                      machine_lines, peak_rss_growth_kib, reset_peak_rss, seconds_text)
 
-from pplr_fast.backend import BACKENDS  # noqa: E402
-from pplr_fast.cluster.stage import STAGES, run_cluster_stage  # noqa: E402
-from pplr_fast.pseudo_label_quality import adjusted_rand_index  # noqa: E402
-from pplr_fast.utils.memory import available_memory  # noqa: E402
-from pplr_fast.utils.timing import synchronize  # noqa: E402
+from pplr_fast.backend import BACKENDS
+from pplr_fast.cluster.stage import STAGES, run_cluster_stage
+from pplr_fast.pseudo_label_quality import adjusted_rand_index
+from pplr_fast.utils.memory import available_memory
+from pplr_fast.utils.timing import synchronize
 
 EXTRAS = ("sklearn", "faiss")
 ROW_NAMES = {"reference": "reference", "fast": "fast", "sklearn": "sklearn DBSCAN",

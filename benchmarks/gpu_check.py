@@ -71,7 +71,7 @@ REPO = os.path.dirname(BENCHMARKS)
 # The installed pplr_fast, or, before the offline install below has run, this checkout's
 # (its pure-Python helpers import unbuilt).
 sys.path.append(REPO)
-from pplr_fast.utils.errors import one_line as _one_line  # noqa: E402
+from pplr_fast.utils.errors import one_line as _one_line
 
 RESULT_MARK = "GPU_CHECK_RESULT "
 STAGE_ARGS = dict(eps=0.6, k1=30, k2=6, min_samples=4, k=20)     # the benchmarks' defaults
@@ -336,7 +336,7 @@ def versions(device) -> dict:
     try:
         import triton
         info["triton"] = triton.__version__
-    except Exception as err:     # noqa: BLE001 - a broken install raises more than ImportError
+    except Exception as err:     # a broken install raises more than ImportError
         info["triton"] = f"not importable ({one_line(err)})"
     try:
         import cupy
@@ -344,7 +344,7 @@ def versions(device) -> dict:
         info["cupy_cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
         info["cupy_cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
         info["nvrtc"] = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
-    except Exception as err:     # noqa: BLE001
+    except Exception as err:
         info.setdefault("cupy", f"not usable ({one_line(err)})")
     sanitizer = find_sanitizer()
     info["compute_sanitizer"] = sanitizer
@@ -356,7 +356,7 @@ def versions(device) -> dict:
         info["pplr_fast"] = os.path.dirname(pplr_fast.__file__)
         import pplr_fast._version as built
         info["cpu_kernels"] = built.build_info()
-    except Exception as err:     # noqa: BLE001
+    except Exception as err:
         info["cpu_kernels"] = f"not built ({one_line(err)})"
     return info
 
@@ -394,7 +394,7 @@ def probe(name: str, run) -> dict:
         warnings.simplefilter("always")
         try:
             ok, detail = run()
-        except Exception as err:     # noqa: BLE001 - report every failure, keep going
+        except Exception as err:     # report every failure, keep going
             return {"piece": name, "status": "failed", "why": one_line(err),
                     "seconds": time.time() - start}
     fallback = fallback_status(drain_fallback_records(), caught)
@@ -1066,7 +1066,7 @@ def run_steps(check: Check) -> None:
         else:
             try:
                 function(check, step)
-            except Exception as err:     # noqa: BLE001 - a failed step is a result; go on
+            except Exception as err:     # a failed step is a result; go on
                 step["status"] = "failed"
                 report.line(step, f"failed: {one_line(err, limit=1500)}")
         report.end(step)

@@ -39,11 +39,11 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import (busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
+from machine import (busy_warning, describe_machine, load_average, machine_lines,
                      peak_rss_growth_kib, reset_peak_rss)
 
-from pplr_fast.losses.classification import classification_loss_twin  # noqa: E402
-from pplr_fast.utils.timing import synchronize  # noqa: E402
+from pplr_fast.losses.classification import classification_loss_twin
+from pplr_fast.utils.timing import synchronize
 
 VARIANTS = ("eager", "compile", "fused")
 _M_MMAP_THRESHOLD = -3                    # glibc mallopt parameter

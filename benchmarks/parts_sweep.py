@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
+from machine import busy_warning, describe_machine, load_average, machine_lines
 
-from pplr_fast.config import METHODS  # noqa: E402
+from pplr_fast.config import METHODS
 
 LABELS = {"pplr": "PPLR", "baseline": "Baseline"}
 # The default recipe: a small synthetic dataset (24 training identities, about

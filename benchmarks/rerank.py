@@ -39,14 +39,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from features import IdentityFeatureConfig, identity_features  # noqa: E402
-from machine import (busy_warning, describe_machine, load_average, machine_lines,  # noqa: E402
+from features import IdentityFeatureConfig, identity_features
+from machine import (busy_warning, describe_machine, load_average, machine_lines,
                      peak_rss_growth_kib, reset_peak_rss)
 
-from pplr_fast.evaluation import evaluate_ranking  # noqa: E402
-from pplr_fast.rerank import re_rank_features, re_ranking  # noqa: E402
-from pplr_fast.utils.memory import available_memory  # noqa: E402
-from pplr_fast.utils.timing import StageClock  # noqa: E402
+from pplr_fast.evaluation import evaluate_ranking
+from pplr_fast.rerank import re_rank_features, re_ranking
+from pplr_fast.utils.memory import available_memory
+from pplr_fast.utils.timing import StageClock
 
 GIB, MIB = 1024 ** 3, 1024 ** 2
 SIZES = {"market1501": (3368, 15913), "msmt17": (11659, 82161)}
@@ -77,7 +77,7 @@ def numpy_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
     rank = np.argsort(dist).astype(np.int32)
     clock.lap("argsort")
 
-    def reciprocal(i, k):
+    def reciprocal(i, k, rank=rank):
         forward = rank[i, :k + 1]
         backward = rank[forward, :k + 1]
         return forward[np.where(backward == i)[0]]
@@ -249,7 +249,7 @@ def seconds_text(row: dict) -> str:
 
 def markdown_report(result: dict) -> str:
     cfg = result["config"]
-    lines = [f"# Test-time re-ranking on the CPU: numpy baseline vs pplr_fast.rerank", "",
+    lines = ["# Test-time re-ranking on the CPU: numpy baseline vs pplr_fast.rerank", "",
              *machine_lines(result["machine"]),
              f"Features: {result['generator']['name']} (seed {cfg['seed']}, D = {cfg['dim']}, "
              "L2-normalised), random camera ids; "

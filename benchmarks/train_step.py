@@ -45,14 +45,14 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import busy_warning, describe_machine, load_average, machine_lines  # noqa: E402
+from machine import busy_warning, describe_machine, load_average, machine_lines
 
-from pplr_fast.backend import BACKENDS  # noqa: E402
-from pplr_fast.config import METHODS  # noqa: E402
-from pplr_fast.losses import (baseline_classification_loss, pplr_classification_loss,  # noqa: E402
+from pplr_fast.backend import BACKENDS
+from pplr_fast.config import METHODS
+from pplr_fast.losses import (baseline_classification_loss, pplr_classification_loss,
                               soft_triplet_loss)
-from pplr_fast.models import RESNETS, PPLRNet  # noqa: E402
-from pplr_fast.utils.timing import synchronize  # noqa: E402
+from pplr_fast.models import RESNETS, PPLRNet
+from pplr_fast.utils.timing import synchronize
 
 BASELINE = "baseline"   # the ``backend`` key of the Baseline's row
 # docs/method.md §8: supplementary material of the paper, Market-1501, 4 TITAN RTX.

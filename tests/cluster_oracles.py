@@ -1,4 +1,4 @@
-"""Independent brute-force implementations, written straight from SPEC §2.
+"""Independent brute-force implementations, written straight from docs/method.md §2.
 
 Plain Python sets and float64 loops: slow, obvious, and sharing no code with
 ``pplr_fast.cluster``. Every implementation of every op is tested against them
@@ -50,7 +50,7 @@ def brute_dbscan(d: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
 
 
 def brute_jaccard(x: torch.Tensor, k1: int, k2: int) -> np.ndarray:
-    """SPEC §2.1, literally."""
+    """docs/method.md §2.1, literally."""
     X = x.double().numpy()
     n = len(X)
     d = sq_distances(X)
@@ -88,7 +88,7 @@ def brute_jaccard(x: torch.Tensor, k1: int, k2: int) -> np.ndarray:
 
 
 def brute_cross_agreement(x_g: torch.Tensor, x_p: torch.Tensor, k: int) -> np.ndarray:
-    """SPEC §2.3 with Python sets."""
+    """docs/method.md §2.3 with Python sets."""
     g = [set(r[:k]) for r in ranked_lists(x_g.double().numpy(), exclude_self=True)]
     n, _, parts = x_p.shape
     out = np.zeros((n, parts))

@@ -10,9 +10,9 @@ import os
 if os.environ.get("PPLR_TEST_GPU", "0") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 # PPLR_TEST_THREADS: the thread count of torch's kernels (tests/test_exact_ties.py runs
 # the tie cases with 1 and 2)

@@ -76,7 +76,7 @@ def run_ranks(tmp_path, x_g, x_p, *, counts=None, gathered=False, params=None, f
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise AssertionError("a rank hung past its timeout")
+            raise AssertionError("a rank hung past its timeout") from None
     seconds = time.perf_counter() - start
     results = [torch.load(tmp_path / f"rank{r}.pt") if p.returncode == 0 else None
                for r, p in enumerate(procs)]

@@ -9,7 +9,7 @@ from cluster_cases import (FEATURES, IMPLEMENTATIONS, JACCARD_CASES, no_fallback
                            param_id, set_knn_mode, with_knn_modes)
 from cluster_oracles import brute_jaccard, clustered_features
 from pplr_fast.cluster import (SparseDistance, fast_cuda, jaccard_distance,
-                               jaccard_from_neighbours, nearest_neighbours)
+                               nearest_neighbours)
 from pplr_fast.kernels import jaccard as jaccard_kernels
 
 

@@ -250,7 +250,7 @@ def test_the_parts_split_the_steps_and_part_2_runs_the_fused_loss_first():
     check = load_gpu_check()
     assert check.PARTS == {1: ["environment", "tests", "stage"],
                            2: ["scaling", "training", "losses", "sanitizer"]}
-    for part, names in check.PARTS.items():
+    for names in check.PARTS.values():
         assert sum(check.STEP_BUDGETS[n] for n in names) + check.MIN_STEP_S <= check.PART_BUDGET_S
     assert check.PART_BUDGET_S < check.PART_LIMIT_S == 300
     assert check.parse_args([]).scaling == [250000]

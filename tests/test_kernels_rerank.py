@@ -214,8 +214,8 @@ def sequential_overlaps(crow, col, val, rank, expansion, q):
             shared = np.flatnonzero((dense[i] > 0) & (dense[j] > 0))
             if len(shared):
                 m = np.float32(0)
-                for l in shared:
-                    m = np.float32(m + min(dense[i, l], dense[j, l]))
+                for col in shared:
+                    m = np.float32(m + min(dense[i, col], dense[j, col]))
                 found[(i, j)] = m
     return found
 

@@ -170,7 +170,7 @@ class _Ranks:
         error = None
         try:
             yield
-        except Exception as err:       # noqa: BLE001 - reported to every rank, then re-raised
+        except Exception as err:       # reported to every rank, then re-raised
             error = err
         self.agree(what, error)
 
@@ -285,7 +285,7 @@ class _Ranks:
                 ops.append(dist.P2POp(dist.irecv, incoming, (self.rank - 1) % self.world,
                                       self.group))
 
-            def exchange():
+            def exchange(ops=ops):
                 for work in dist.batch_isend_irecv(ops) if ops else []:
                     work.wait()
             self._collective(exchange)

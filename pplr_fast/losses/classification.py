@@ -94,7 +94,7 @@ def _compiled_twin_or_eager(*args) -> Tuple[Tensor, Tensor]:
             _compiled_twin = torch.compile(classification_loss_twin, dynamic=True)
         try:
             return _compiled_twin(*args)
-        except Exception as error:  # noqa: BLE001 - no C++ compiler, unsupported platform...
+        except Exception as error:  # no C++ compiler, unsupported platform...
             _compile_failed = True
             warn_once("cpu:classification_loss:compile",
                       f"pplr_classification_loss: torch.compile failed "

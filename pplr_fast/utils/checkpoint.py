@@ -215,7 +215,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         state = _torch_load(path, map_location)
     except CheckpointError:
         raise
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
+    except Exception as err:  # any unpickling failure means the same to the user
         detail = _refused_detail(err) if isinstance(err, pickle.UnpicklingError) else None
         if detail is not None:
             raise _refuse(path, detail) from None
