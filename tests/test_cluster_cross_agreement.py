@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cluster_cases import (CROSS_AGREEMENT_FEATURES, CROSS_AGREEMENT_K, FEATURES,  # noqa: F401
+from cluster_cases import (CROSS_AGREEMENT_FEATURES, CROSS_AGREEMENT_K, FEATURES,
                            IMPLEMENTATIONS, INDEPENDENT_PART_CASES, independent_parts,
-                           no_fallback, param_id, part_features, set_knn_mode, with_knn_modes)
+                           param_id, part_features, set_knn_mode, with_knn_modes)
 from cluster_oracles import brute_cross_agreement, clustered_features
 from pplr_fast.cluster import cross_agreement, cross_agreement_from_neighbours, nearest_neighbours
+
+pytestmark = pytest.mark.no_fallback
 
 INTERPRETED_ROWS = 60       # the Triton interpreter is slow: the first rows only
 

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from cluster_cases import (FEATURES, border_case, dbscan_case, no_fallback,  # noqa: F401
+from cluster_cases import (FEATURES, border_case, dbscan_case,
                            path_graph, random_distance_matrix, set_knn_mode)
 from cluster_oracles import brute_dbscan
 from pplr_fast.cluster import SparseDistance, common, dbscan, fast_cuda, jaccard_distance
+
+pytestmark = pytest.mark.no_fallback
 
 REPO = Path(__file__).resolve().parents[1]
 DBSCAN_CU = REPO / "csrc" / "cuda" / "dbscan_cuda.cu"

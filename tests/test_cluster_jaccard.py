@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from cluster_cases import (FEATURES, IMPLEMENTATIONS, JACCARD_CASES, no_fallback,  # noqa: F401
+from cluster_cases import (FEATURES, IMPLEMENTATIONS, JACCARD_CASES,
                            param_id, set_knn_mode, with_knn_modes)
 from cluster_oracles import brute_jaccard, clustered_features
 from pplr_fast.cluster import (SparseDistance, fast_cuda, jaccard_distance,
                                nearest_neighbours)
 from pplr_fast.kernels import jaccard as jaccard_kernels
+
+pytestmark = pytest.mark.no_fallback
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from cluster_cases import (FEATURES, IMPLEMENTATIONS, no_fallback, param_id,  # noqa: F401
+from cluster_cases import (FEATURES, IMPLEMENTATIONS, param_id,
                            set_knn_mode, with_knn_modes)
 from cluster_oracles import brute_knn, clustered_features, lattice_features, sq_distances
 from pplr_fast.cluster import common, nearest_neighbours
+
+pytestmark = pytest.mark.no_fallback
 
 KS = (1, 7, 31)
 

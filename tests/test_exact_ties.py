@@ -26,13 +26,15 @@ import numpy as np
 import pytest
 import torch
 
-from cluster_cases import (IMPLEMENTATIONS, no_fallback, param_id,  # noqa: F401
+from cluster_cases import (IMPLEMENTATIONS, param_id,
                            set_knn_mode, with_knn_modes)
 from cluster_oracles import brute_cross_agreement, brute_jaccard, ranked_lists, sq_distances
 from pplr_fast.cluster import common
 from pplr_fast.evaluation import pairwise_distance
 from pplr_fast.rerank import re_rank_features
 from pplr_fast.utils.distinct_rows import DistinctRows, tied_matmul
+
+pytestmark = pytest.mark.no_fallback
 
 TESTS = Path(__file__).resolve().parent
 
