@@ -229,7 +229,7 @@ def sklearn_runner(args: argparse.Namespace, inputs: Inputs):
     from sklearn.cluster import DBSCAN
 
     from pplr_fast.cluster import jaccard_distance
-    matrix = jaccard_distance(inputs.x_g, args.k1, args.k2, backend="reference").cpu().numpy()
+    matrix = jaccard_distance(inputs.x_g, args.k1, args.k2, backend="reference").to_dense().cpu().numpy()
     dbscan = DBSCAN(eps=args.eps, min_samples=args.min_samples, metric="precomputed")
 
     def run():

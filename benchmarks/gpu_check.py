@@ -458,21 +458,21 @@ def piece_probes(device):
 
     def jaccard():
         sparse = jaccard_distance(gx, k1=20, k2=6, backend="fast", max_distance=0.6)
-        dense = jaccard_distance(x, k1=20, k2=6, backend="reference")
-        got = sparse.to_dense().cpu() if hasattr(sparse, "to_dense") else sparse.cpu()
+        dense = jaccard_distance(x, k1=20, k2=6, backend="reference").to_dense()
+        got = sparse.to_dense().cpu()
         near = (got - dense).abs()[dense <= 0.6].max() if bool((dense <= 0.6).any()) else 0.0
         return float(near) < 1e-5, f"max |d - reference| {float(near):.1e} below the cutoff"
 
     def dbscan_fast():
         sparse = jaccard_distance(gx, k1=20, k2=6, backend="fast", max_distance=0.6)
-        dense = jaccard_distance(x, k1=20, k2=6, backend="reference")
+        dense = jaccard_distance(x, k1=20, k2=6, backend="reference").to_dense()
         got = dbscan(sparse, 0.6, 4, backend="fast").cpu()
         expected = dbscan(dense, 0.6, 4, backend="reference")
         return torch.equal(got, expected), f"same labels as the reference ({int(got.max()) + 1} clusters)"
 
     def dbscan_propagation():
         from pplr_fast.cluster.dbscan_propagation import dbscan_propagation as propagate
-        dense = jaccard_distance(x, k1=20, k2=6, backend="reference")
+        dense = jaccard_distance(x, k1=20, k2=6, backend="reference").to_dense()
         rows, cols = torch.nonzero(dense <= 0.6, as_tuple=True)
         crow = torch.zeros(301, dtype=torch.int64)
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=300), 0)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from cluster_oracles import clustered_features, lattice_features, normalize
-from pplr_fast.cluster import api, common, fast_cpu, fast_cuda, reference
+from pplr_fast.cluster import SparseDistance, api, common, fast_cpu, fast_cuda, reference
 
 ON_GPU = os.environ.get("PPLR_TEST_GPU", "0") == "1"
 
@@ -196,7 +196,8 @@ class Implementation:
         if self.gpu_path or k1 > x.shape[0]:
             module = self.path_module(x.device)
             if module is reference:
-                return reference.jaccard_from_neighbours(x, rank, k1, k2).to("cpu")
+                return SparseDistance.from_dense(reference.jaccard_from_neighbours(x, rank, k1, k2)
+                                                 ).truncated(max_distance).to("cpu")
             out = module.jaccard_from_neighbours(x, rank, k1, k2, max_distance)
         else:
             out = api.jaccard_from_neighbours(x, rank, k1, k2, max_distance, self.backend)
@@ -212,7 +213,8 @@ class Implementation:
         if self.gpu_path or k1 > x.shape[0]:       # k1 > N: below the public check, as above
             module = self.path_module(x.device)
             if module is reference:
-                return reference.jaccard_distance(x, k1, k2).to("cpu")
+                return SparseDistance.from_dense(reference.jaccard_distance(x, k1, k2)
+                                                 ).truncated(max_distance).to("cpu")
             return module.jaccard_distance(x, k1, k2, max_distance).to("cpu")
         return api.jaccard_distance(x, k1, k2, self.backend, max_distance).to("cpu")
 

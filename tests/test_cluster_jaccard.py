@@ -28,8 +28,8 @@ def oracle(name: str, interpreted: bool, k1: int, k2: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def reference(name: str, interpreted: bool, k1: int, k2: int) -> torch.Tensor:
-    """The reference result (below the public op when k1 > N, which the op refuses)."""
-    return IMPLEMENTATIONS[0].jaccard(features(name, interpreted), k1, k2)
+    """The reference result, dense (below the public op when k1 > N, which the op refuses)."""
+    return IMPLEMENTATIONS[0].jaccard(features(name, interpreted), k1, k2).to_dense()
 
 
 def assert_columns_ascend(out: SparseDistance) -> None:
@@ -47,13 +47,9 @@ def test_jaccard_matches_brute_force(impl, knn_mode, name, k1, k2, monkeypatch):
     n = x.shape[0]
     expected = oracle(name, impl.interpreted, k1, k2)
     got = impl.jaccard(x, k1, k2)
-    if impl.is_reference:
-        assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
-        dense = got
-    else:
-        assert isinstance(got, SparseDistance) and got.cutoff is None
-        assert_columns_ascend(got)
-        dense = got.to_dense()
+    assert isinstance(got, SparseDistance) and got.cutoff is None, "one type whatever the backend"
+    assert_columns_ascend(got)
+    dense = got.to_dense()
     assert dense.shape == (n, n)
     np.testing.assert_allclose(dense.numpy(), expected, atol=1e-5, rtol=0)
     assert torch.equal(dense, dense.T), "the Jaccard distance must be exactly symmetric"
@@ -78,16 +74,13 @@ def test_jaccard_from_neighbours_equals_jaccard_distance(impl):
     rank = nearest_neighbours(x, 40, backend="reference")[1]
     whole = impl.jaccard(x, 20, 6, max_distance=0.6)
     from_lists = impl.jaccard_from_neighbours(x, rank, 20, 6, max_distance=0.6)
-    if impl.is_reference:
-        assert torch.equal(from_lists, whole)
-    else:
-        assert torch.equal(from_lists.crow, whole.crow) and torch.equal(from_lists.col, whole.col)
-        assert torch.equal(from_lists.val, whole.val) and from_lists.cutoff == 0.6
+    assert torch.equal(from_lists.crow, whole.crow) and torch.equal(from_lists.col, whole.col)
+    assert torch.equal(from_lists.val, whole.val) and from_lists.cutoff == 0.6
 
 
 def test_jaccard_fast_fallback_type_is_sparse_and_exact():
     x = clustered_features(30, 8, groups=3, spread=0.4, seed=7)
-    dense = jaccard_distance(x, 6, 2, backend="reference")
+    dense = jaccard_distance(x, 6, 2, backend="reference").to_dense()
     sparse = SparseDistance.from_dense(dense)
     assert torch.equal(sparse.to_dense(), dense)
     cut = sparse.truncated(0.5)
@@ -139,7 +132,7 @@ def test_copies_beyond_k1_have_empty_rows(impl):
     x = clustered_features(30, 8, groups=3, spread=0.4, seed=5)
     x[5:15] = x[5]
     dist = impl.jaccard(x, 4, 1)
-    dense = dist if impl.is_reference else dist.to_dense()
+    dense = dist.to_dense()
     assert bool((dense[9:15] == 1).all()) and bool((dense[:, 9:15] == 1).all())
     assert bool((dense[5:9, 5:9] < 1e-5).all())
     np.testing.assert_allclose(dense.numpy(), brute_jaccard(x, 4, 1), atol=1e-5, rtol=0)

@@ -65,37 +65,35 @@ def nearest_neighbours(x: torch.Tensor, k: int, backend: str = DEFAULT_BACKEND, 
 
 # ---------------------------------------------------------------- Jaccard
 def _as_fast_result(dense: torch.Tensor, max_distance: float | None) -> SparseDistance:
-    """The reference's dense result in the type the fast path returns (after a fallback)."""
+    """The reference's dense result as the :class:`SparseDistance` every public Jaccard op returns."""
     return SparseDistance.from_dense(dense).truncated(max_distance)
 
 
 def jaccard_distance(x: torch.Tensor, k1: int = 30, k2: int = 6, backend: str = DEFAULT_BACKEND,
-                     max_distance: float | None = None) -> torch.Tensor | SparseDistance:
-    """k-reciprocal Jaccard distance between the rows of ``x``.
+                     max_distance: float | None = None) -> SparseDistance:
+    """k-reciprocal Jaccard distance between the rows of ``x``, as a :class:`SparseDistance`
+    whatever the backend (``.to_dense()`` gives the (N, N) float32 matrix).
 
     Args:
         x: (N, D) L2-normalised features.
         k1, k2: neighbourhood sizes (defaults 30 and 6, docs/method.md §2.1); k2 <= k1 <= N
             (a k1 above N is refused: every neighbourhood would hold all N images).
-        backend: ``"reference"`` returns a dense (N, N) float32 tensor;
-            ``"fast"`` returns a :class:`SparseDistance` (``.to_dense()`` gives
-            the same matrix), built without any N x N array.
-        max_distance: fast backend only: keep just the pairs with
-            ``d <= max_distance`` (e.g. the DBSCAN eps), which is all DBSCAN needs.
+        backend: ``"reference"`` computes the dense matrix and stores its pairs;
+            ``"fast"`` builds the sparse result without any N x N array.
+        max_distance: keep just the pairs with ``d <= max_distance`` (e.g. the DBSCAN
+            eps), which is all DBSCAN needs.
     """
     check_features(x)
     check_jaccard_args(k1, k2, max_distance, n=x.shape[0])
     implementation = _implementation(backend, x.device, "jaccard")
     if implementation is reference:
-        dense = reference.jaccard_distance(x, k1, k2)
-        return _as_fast_result(dense, max_distance) if backend == "fast" else dense
+        return _as_fast_result(reference.jaccard_distance(x, k1, k2), max_distance)
     return implementation.jaccard_distance(x, k1, k2, max_distance)
 
 
 def jaccard_from_neighbours(x: torch.Tensor, rank: torch.Tensor, k1: int = 30, k2: int = 6,
                             max_distance: float | None = None, backend: str = DEFAULT_BACKEND,
-                            *, timer: Timer = no_timer, check: bool = True
-                            ) -> torch.Tensor | SparseDistance:
+                            *, timer: Timer = no_timer, check: bool = True) -> SparseDistance:
     """:func:`jaccard_distance` from precomputed kNN lists.
 
     Args:
@@ -110,6 +108,19 @@ def jaccard_from_neighbours(x: torch.Tensor, rank: torch.Tensor, k1: int = 30, k
             pass times it all as ``"jaccard"``).
         check: validate ``x`` (as in :func:`nearest_neighbours`).
     """
+    distance = path_jaccard_from_neighbours(x, rank, k1, k2, max_distance, backend,
+                                            timer=timer, check=check)
+    return _as_fast_result(distance, max_distance) if isinstance(distance, torch.Tensor) else distance
+
+
+def path_jaccard_from_neighbours(x: torch.Tensor, rank: torch.Tensor, k1: int, k2: int,
+                                 max_distance: float | None, backend: str, *,
+                                 timer: Timer = no_timer, check: bool = True
+                                 ) -> torch.Tensor | SparseDistance:
+    """:func:`jaccard_from_neighbours` in the form the chosen path computes it: the
+    reference's dense (N, N) matrix, the fast paths' :class:`SparseDistance`. The
+    clustering stages hand it to :func:`dbscan` as it is, so the reference stage stays
+    the plain dense computation."""
     if check:
         check_features(x)
     n = x.shape[0]

@@ -577,7 +577,7 @@ def _whole_rest(ranks: _Ranks, x_g, lists_block, part_lists_block, counts, eps, 
         lists_all = ranks.all_gather_rows(lists_block, counts)
     with ranks.stage("jaccard"):
         with ranks.local("the Jaccard distances"):
-            distance = api.jaccard_from_neighbours(x_g, lists_all, k1, k2, eps, chosen)
+            distance = api.path_jaccard_from_neighbours(x_g, lists_all, k1, k2, eps, chosen)
     with ranks.stage("dbscan"):
         with ranks.local("DBSCAN"):
             labels = api.dbscan(distance, eps, min_samples, chosen)

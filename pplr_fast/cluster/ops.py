@@ -10,10 +10,13 @@ input, picks the module (:func:`pplr_fast.backend.resolve_backend`, whose
 The path functions take checked input (``api.py`` validates) and return what
 the reference returns, bit for bit where ``docs/method.md`` says exact.
 
-One asymmetry is left: the reference's Jaccard ops return the dense (N, N)
-float32 matrix and take no ``max_distance``; the fast paths return a
-:class:`SparseDistance` (:class:`SparseJaccardOps`). ``api.py`` converts the
-reference's matrix when ``backend="fast"`` fell back to it.
+The reference path module's Jaccard functions compute the dense (N, N) float32
+matrix and take no ``max_distance`` (:class:`DenseJaccardOps`); the fast paths
+build a :class:`SparseDistance` (:class:`SparseJaccardOps`). The public ops of
+``api.py`` return a :class:`SparseDistance` whatever the backend (they store the
+reference's pairs); only the clustering stages read the reference's dense matrix
+as it is (``api.path_jaccard_from_neighbours``), so the reference stage stays the
+plain dense computation.
 """
 from __future__ import annotations
 

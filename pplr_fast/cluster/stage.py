@@ -9,7 +9,7 @@ stage (``benchmarks/cluster_stage.py``):
 ``knn_parts``   kNN in every part space (k + 1)
 ``encoding``    reciprocal sets, expansion, V and query expansion V' (the reference
                 recomputes its dense distance matrix here)
-``jaccard``     pairwise Jaccard distances (dense for reference, sparse for fast;
+``jaccard``     pairwise Jaccard distances (dense in the reference stage, sparse for fast;
                 on a GPU the encoding too, which then reads 0)
 ``dbscan``      DBSCAN on the distances
 ``cross_agreement``  the neighbourhood intersections
@@ -25,8 +25,8 @@ from pplr_fast.backend import DEFAULT_BACKEND, resolve_backend
 from pplr_fast.utils.memory import ensure_fits
 from pplr_fast.utils.timing import StageClock
 
-from .api import (cross_agreement_from_neighbours, dbscan, jaccard_from_neighbours,
-                  nearest_neighbours)
+from .api import (cross_agreement_from_neighbours, dbscan, nearest_neighbours,
+                  path_jaccard_from_neighbours)
 from .checks import check_part_features, check_stage_args
 from .common import reference_dense_bytes
 
@@ -80,7 +80,7 @@ def run_cluster_stage(x_g: torch.Tensor, x_p: torch.Tensor, *, eps: float, k1: i
         ranks_p = [nearest_neighbours(x_p[:, :, p].contiguous(), k + 1, chosen, check=False)[1]
                    for p in range(x_p.shape[2])]
     # times "encoding" and "jaccard" (the GPU path does both in one pass: "jaccard")
-    distance = jaccard_from_neighbours(x_g, rank, k1, k2, eps, chosen, timer=clock, check=False)
+    distance = path_jaccard_from_neighbours(x_g, rank, k1, k2, eps, chosen, timer=clock, check=False)
     with clock("dbscan"):
         labels = dbscan(distance, eps, min_samples, chosen)
     with clock("cross_agreement"):
