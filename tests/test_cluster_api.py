@@ -153,7 +153,7 @@ def test_k1_above_the_number_of_images_is_refused_by_every_public_op(backend_nam
             d[:5, 5:], d[:5, :5], d[5:, 5:])), k1=k1),
         "re_rank_features": lambda k1: re_rank_features(x[:5], x[5:], k1=k1),
     }
-    for name, call in calls.items():
+    for call in calls.values():
         with pytest.raises(ClusterInputError, match=message):
             call(30)
         call(20)                                   # k1 == N: every list holds all N images
